@@ -1,0 +1,58 @@
+# Bay Wheels dispatch service. `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test check fmt migrate bench bench-quick lock clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
+
+# The lock is fully resolved and hash-pinned, so it installs with --no-deps (this also keeps out Django,
+# which drf-spectacular-sidecar declares but we never import: we only serve its Swagger UI/ReDoc files).
+$(INSTALLED): pyproject.toml requirements-dev.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+install: $(INSTALLED) ## Create .venv and install the pinned dependencies
+
+run: install ## Migrate and serve on http://127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
+	$(BIN)/baywheels serve
+
+migrate: install ## Apply pending migrations (DATABASE_URL, or the embedded server under .data/)
+	$(BIN)/baywheels migrate
+
+check: install ## Lint, format check and type check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+test: check ## Checks, then the test suite against a real PostgreSQL
+	$(BIN)/pytest
+
+bench: install ## Benchmark of record (see docs/benchmarks.md)
+	$(BIN)/baywheels bench
+
+bench-quick: install ## A few-second run of the benchmark harness
+	$(BIN)/baywheels bench --quick
+
+fmt: install ## Format and auto-fix
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+lock: install ## Re-resolve requirements*.lock from pyproject.toml
+	$(BIN)/python -m pip install --quiet uv
+	for extra in "" "--extra dev"; do \
+	  out=requirements$${extra:+-dev}.lock; \
+	  $(BIN)/uv pip compile pyproject.toml $$extra --python-version 3.11 --generate-hashes --quiet \
+	    --no-emit-package django --no-emit-package asgiref --no-emit-package sqlparse -o $$out; \
+	done
+
+clean: ## Remove the virtual environment and the embedded database's data
+	rm -rf $(VENV) .data

@@ -1,0 +1,3 @@
+-- name: health_ping :one
+-- Readiness: the database answers a query.
+SELECT 1;

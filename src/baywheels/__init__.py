@@ -1,0 +1,1 @@
+"""Bay Wheels orchestration and dispatch service."""

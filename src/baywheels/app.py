@@ -1,0 +1,55 @@
+"""The Starlette application: routes, error handlers, middleware, and the pool owned by the lifespan."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from . import db, metrics, openapi
+from .errors import EXCEPTION_HANDLERS
+from .middleware import RequestContext
+from .routes import ENDPOINTS
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings) -> Starlette:
+    if settings.database_url is None:
+        raise ValueError("create_app needs settings.database_url (the CLI fills it for the embedded server)")
+    dsn = settings.database_url
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        app.state.pool = await db.create_pool(settings, dsn)
+        log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+            log.info("pool_closed")
+
+    routes = [
+        *(endpoint.route() for endpoint in ENDPOINTS),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
+        Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
+        Route("/docs", openapi.swagger_ui, methods=["GET"]),
+        Route("/docs/init.js", openapi.swagger_init, methods=["GET"]),
+        Route("/redoc", openapi.redoc, methods=["GET"]),
+        Mount("/static/docs", StaticFiles(directory=openapi.assets_dir()), name="docs-assets"),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[
+            Middleware(RequestContext, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.openapi = openapi.encoded()
+    return app

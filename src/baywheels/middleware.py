@@ -1,0 +1,95 @@
+"""One pure-ASGI layer around every request: request id, body limit, access log, metrics, and the last-resort
+500 that names nothing internal."""
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import metrics
+from .errors import PayloadTooLarge, error_response
+
+log = structlog.get_logger("baywheels.access")
+
+# A client's own id is echoed only when it is short and harmless to put in logs and headers.
+_SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
+
+
+class RequestContext:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = time.perf_counter()
+        given = _header(scope, b"x-request-id")
+        request_id = given.decode() if given and _SANE_REQUEST_ID.match(given) else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        status = 500
+        response_started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise PayloadTooLarge(self._too_large)
+            return message
+
+        try:
+            length = _header(scope, b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+                # Refused before a byte of the body is read.
+                await error_response(413, self._too_large)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive_limited, send_with_id)
+        except Exception:
+            log.exception("unhandled_error", method=scope["method"], path=scope["path"])
+            if response_started:
+                raise
+            await error_response(500, "Internal server error")(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            route_path = route.path if isinstance(route, Route) else "unmatched"
+            metrics.REQUESTS.labels(scope["method"], route_path, str(status)).inc()
+            metrics.LATENCY.labels(scope["method"], route_path).observe(elapsed)
+            if self.access_log:
+                log.info(
+                    "request",
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    duration_ms=round(elapsed * 1000, 2),
+                )
+
+    @property
+    def _too_large(self) -> str:
+        return f"Request body exceeds the limit of {self.max_body_bytes} bytes"

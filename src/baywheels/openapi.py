@@ -1,0 +1,140 @@
+"""OpenAPI 3.1 built from the route table and the msgspec Structs, and the pages that render it (Swagger UI
+and ReDoc, served from the drf-spectacular-sidecar package: no CDN, works offline)."""
+
+import importlib.util
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from .models import Error
+from .routes import ENDPOINTS, Endpoint
+
+_STATUS_TEXT = {
+    400: "Invalid request: the detail names the field",
+    404: "Not found",
+    409: "Conflicts with the task's current state",
+    413: "Request body too large",
+    503: "Database unavailable; retry after Retry-After seconds",
+}
+_PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+def assets_dir() -> Path:
+    # find_spec locates the package without importing it (its __init__ imports Django, which we never need).
+    spec = importlib.util.find_spec("drf_spectacular_sidecar")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    return Path(next(iter(spec.submodule_search_locations))) / "static" / "drf_spectacular_sidecar"
+
+
+def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any] | None) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": endpoint.summary,
+        "operationId": endpoint.handler.__name__,
+        "tags": [endpoint.tag],
+    }
+    if endpoint.description:
+        operation["description"] = endpoint.description
+    parameters = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+        for name in _PATH_PARAM.findall(endpoint.path)
+    ]
+    if query is not None:
+        required = set(query.get("required", ()))
+        parameters += [
+            {"name": name, "in": "query", "required": name in required, "schema": prop}
+            for name, prop in query["properties"].items()
+        ]
+    if parameters:
+        operation["parameters"] = parameters
+    if endpoint.body is not None:
+        operation["requestBody"] = {
+            "required": endpoint.body_required,
+            "content": {"application/json": {"schema": schema["body"]}},
+        }
+    responses: dict[str, Any] = {
+        str(endpoint.status): {
+            "description": "Success",
+            "content": {"application/json": {"schema": schema["response"]}},
+        }
+    }
+    error_ref = {"$ref": "#/components/schemas/Error"}
+    for status in endpoint.errors:
+        responses[str(status)] = {
+            "description": _STATUS_TEXT[status],
+            "content": {"application/json": {"schema": error_ref}},
+        }
+    operation["responses"] = responses
+    return operation
+
+
+def build() -> dict[str, Any]:
+    types: list[Any] = [Error]
+    for endpoint in ENDPOINTS:
+        types += [endpoint.body or Error, endpoint.response or Error]
+    schemas, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
+    # Query Structs become parameters, not schemas.
+    query_types = {e.query for e in ENDPOINTS if e.query is not None}
+    query_schemas = {t: msgspec.json.schema(t) for t in query_types}
+    query_props = {t: s["$defs"][t.__name__] for t, s in query_schemas.items()}
+
+    paths: dict[str, dict[str, Any]] = {}
+    for index, endpoint in enumerate(ENDPOINTS):
+        schema = {"body": schemas[1 + 2 * index], "response": schemas[2 + 2 * index]}
+        query = query_props[endpoint.query] if endpoint.query is not None else None
+        path = _PATH_PARAM.sub(r"{\1}", endpoint.path)
+        paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, schema, query)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Bay Wheels Orchestration & Dispatch Service",
+            "version": "0.1.0",
+            "description": (
+                "Rebalancing suggestions from the ML engine, approved by operators into tasks that field "
+                'workers take and complete. Every error body is `{"detail": "..."}`.'
+            ),
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
+
+
+_SWAGGER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Bay Wheels dispatch API</title>
+<link rel="stylesheet" href="/static/docs/swagger-ui-dist/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static/docs/swagger-ui-dist/swagger-ui-bundle.js"></script>
+<script src="/docs/init.js"></script></body></html>"""
+
+_SWAGGER_INIT = (
+    b"""window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});"""
+)
+
+_REDOC_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Bay Wheels dispatch API</title></head>
+<body><redoc spec-url="/openapi.json"></redoc>
+<script src="/static/docs/redoc/bundles/redoc.standalone.js"></script></body></html>"""
+
+
+async def openapi_json(request: Request) -> Response:
+    return Response(request.app.state.openapi, media_type="application/json")
+
+
+async def swagger_ui(request: Request) -> Response:
+    return HTMLResponse(_SWAGGER_PAGE)
+
+
+async def swagger_init(request: Request) -> Response:
+    return Response(_SWAGGER_INIT, media_type="text/javascript")
+
+
+async def redoc(request: Request) -> Response:
+    return HTMLResponse(_REDOC_PAGE)
+
+
+def encoded() -> bytes:
+    return msgspec.json.encode(build())

@@ -1,0 +1,158 @@
+"""The route table: every endpoint, its handler and what it takes and returns. Starlette's routes and the
+OpenAPI document are both built from it, so the docs cannot drift from the code."""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .handlers import dispatch, health, suggestions, tasks
+from .models import (
+    ApproveManyRequest,
+    ApproveManyResult,
+    ApproveRequest,
+    CompleteRequest,
+    DispatchRequest,
+    Health,
+    IngestResult,
+    Message,
+    Suggestion,
+    SuggestionBatch,
+    SuggestionPage,
+    Task,
+    TaskEvent,
+    TaskPage,
+)
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    body: Any = None
+    body_required: bool = True
+    query: type | None = None
+    response: Any = None
+    status: int = 200
+    errors: tuple[int, ...] = ()
+    description: str = ""
+
+    def route(self) -> Route:
+        return Route(self.path, self.handler, methods=[self.method], name=self.handler.__name__)
+
+
+ENDPOINTS = (
+    Endpoint("GET", "/", health.root, "Service banner", "health", response=Message),
+    Endpoint("GET", "/healthz", health.healthz, "Liveness: the process answers", "health", response=Health),
+    Endpoint(
+        "GET",
+        "/readyz",
+        health.readyz,
+        "Readiness: the database answers",
+        "health",
+        response=Health,
+        errors=(503,),
+    ),
+    Endpoint(
+        "GET",
+        "/suggestions",
+        suggestions.list_suggestions,
+        "List pending suggestions, oldest first",
+        "suggestions",
+        query=SuggestionPage,
+        response=list[Suggestion],
+        errors=(400,),
+    ),
+    Endpoint(
+        "POST",
+        "/suggestions",
+        suggestions.ingest,
+        "Ingest a batch of suggestions from the ML engine",
+        "suggestions",
+        body=SuggestionBatch,
+        response=IngestResult,
+        status=201,
+        errors=(400, 413),
+        description=(
+            "Per station pair: a pending suggestion is updated in place, a pair with an open task is skipped "
+            "(null id, counted as a duplicate), and within the batch the last item for a pair wins."
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/task/approve",
+        tasks.approve,
+        "Approve a suggestion into a ready task",
+        "tasks",
+        body=ApproveRequest,
+        response=Task,
+        errors=(400, 404),
+        description="Approving an already approved suggestion returns its task again.",
+    ),
+    Endpoint(
+        "POST",
+        "/tasks/approve",
+        tasks.approve_many,
+        "Approve several suggestions in one transaction",
+        "tasks",
+        body=ApproveManyRequest,
+        response=ApproveManyResult,
+        errors=(400,),
+    ),
+    Endpoint(
+        "POST",
+        "/dispatch/next",
+        dispatch.dispatch_next,
+        "Assign the next ready task to a worker",
+        "dispatch",
+        body=DispatchRequest,
+        response=Task,
+        errors=(400, 404),
+        description="Highest priority first, then oldest, then lowest id. 404 when no task is ready.",
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/complete",
+        tasks.complete,
+        "Complete an assigned task",
+        "tasks",
+        body=CompleteRequest,
+        body_required=False,
+        response=Task,
+        errors=(400, 404, 409),
+        description=(
+            "With `worker_id`, only the holder may complete the task, and the holder repeating the call "
+            "gets the completed task again."
+        ),
+    ),
+    Endpoint(
+        "GET", "/task/{task_id:int}", tasks.get_task, "Get one task", "tasks", response=Task, errors=(404,)
+    ),
+    Endpoint(
+        "GET",
+        "/task/{task_id:int}/events",
+        tasks.task_events,
+        "A task's history, oldest first",
+        "tasks",
+        response=list[TaskEvent],
+        errors=(404,),
+    ),
+    Endpoint(
+        "GET",
+        "/tasks",
+        tasks.list_tasks,
+        "List tasks, filtered by status and worker",
+        "tasks",
+        query=TaskPage,
+        response=list[Task],
+        errors=(400,),
+    ),
+)

@@ -1,0 +1,75 @@
+"""Configuration: environment variables (and an optional ``.env`` file), read once into a typed object."""
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+from starlette.config import Config
+
+
+class SettingsError(Exception):
+    """An invalid setting; the message names the variable."""
+
+
+Seconds = Annotated[float, Meta(gt=0)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+PoolSize = Annotated[int, Meta(ge=0, le=1000)]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Each field is read from the upper-case environment variable of the same name."""
+
+    # Unset: `serve` starts an embedded PostgreSQL under DATA_DIR.
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    data_dir: str = ".data"
+    pool_min_size: PoolSize = 2
+    pool_max_size: Annotated[int, Meta(ge=1, le=1000)] = 20
+    # How long a request waits for a free connection before it answers 503.
+    pool_acquire_timeout: Seconds = 5.0
+    db_command_timeout: Seconds = 30.0
+    db_connect_timeout: Seconds = 5.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    access_log: bool = True
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 10 * 1024 * 1024
+    # Seconds a client is told to wait (Retry-After) when the database is unavailable.
+    retry_after: Annotated[int, Meta(ge=1, le=3600)] = 2
+
+    def __post_init__(self) -> None:
+        if self.pool_min_size > self.pool_max_size:
+            raise ValueError("POOL_MIN_SIZE must not exceed POOL_MAX_SIZE")
+
+    @property
+    def safe_database_url(self) -> str:
+        """The DSN with any password replaced, for logs."""
+        if self.database_url is None:
+            return "embedded"
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.database_url)
+
+
+def load(environ: Mapping[str, str] | None = None, env_file: str | Path = ".env") -> Settings:
+    """Environment variables win over the ``.env`` file; unknown variables are ignored."""
+    environ = os.environ if environ is None else environ
+    file_values = Config(env_file).file_values if Path(env_file).is_file() else {}
+    raw: dict[str, str] = {}
+    for field in Settings.__struct_fields__:
+        value = environ.get(field.upper(), file_values.get(field.upper()))
+        if value is not None and value != "":
+            raw[field] = value
+    try:
+        # strict=False parses "8000" as an int and "true"/"false" as a bool.
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = re.search(r" - at `\$\.(\w+)`$", message)
+        if match:
+            name = match[1].upper()
+            message = message[: match.start()]
+            raise SettingsError(f"invalid {name}={raw.get(match[1])!r}: {message}") from None
+        raise SettingsError(f"invalid settings: {message}") from None
