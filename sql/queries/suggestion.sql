@@ -1,6 +1,6 @@
 -- name: suggestion_list :many
 -- Pending suggestions, oldest first, one page after a cursor.
-SELECT id, from_station_id, to_station_id, qty, reason, priority, created_at
+SELECT id, from_station_id, to_station_id, qty, reason, priority, not_before, created_at
 FROM suggestions
 WHERE id > $1
 ORDER BY id
@@ -14,13 +14,13 @@ LIMIT $2;
 LOCK TABLE suggestions IN SHARE ROW EXCLUSIVE MODE;
 
 -- name: suggestion_upsert_batch :many
--- Ingest a whole batch in one statement. $1..$5 are parallel arrays, one element per input item. Returns one
+-- Ingest a whole batch in one statement. $1..$6 are parallel arrays, one element per input item. Returns one
 -- row per item that created or updated a suggestion: its 1-based position in the input, the id, and whether
 -- it was inserted.
 WITH input AS (
     SELECT *
-    FROM unnest($1::integer[], $2::integer[], $3::integer[], $4::text[], $5::integer[])
-        WITH ORDINALITY AS i (from_station_id, to_station_id, qty, reason, priority, ord)
+    FROM unnest($1::integer[], $2::integer[], $3::integer[], $4::text[], $5::integer[], $6::timestamptz[])
+        WITH ORDINALITY AS i (from_station_id, to_station_id, qty, reason, priority, not_before, ord)
 ),
 -- Within a batch the last item for a pair wins.
 latest AS (
@@ -36,15 +36,16 @@ eligible AS (
         SELECT 1 FROM tasks t
         WHERE t.from_station_id = l.from_station_id
           AND t.to_station_id = l.to_station_id
-          AND t.status IN ('ready', 'assigned')
+          AND t.status IN ('ready', 'assigned', 'stalled')
     )
 ),
 upserted AS (
-    INSERT INTO suggestions (from_station_id, to_station_id, qty, reason, priority)
-    SELECT from_station_id, to_station_id, qty, reason, priority
+    INSERT INTO suggestions (from_station_id, to_station_id, qty, reason, priority, not_before)
+    SELECT from_station_id, to_station_id, qty, reason, priority, not_before
     FROM eligible
     ON CONFLICT ON CONSTRAINT suggestions_pair_key DO UPDATE
-        SET qty = excluded.qty, reason = excluded.reason, priority = excluded.priority, updated_at = now()
+        SET qty = excluded.qty, reason = excluded.reason, priority = excluded.priority,
+            not_before = excluded.not_before, updated_at = now()
     -- xmax is 0 on a freshly inserted row version and set on one written by DO UPDATE.
     RETURNING id, from_station_id, to_station_id, (xmax = 0) AS inserted
 )

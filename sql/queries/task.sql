@@ -1,5 +1,8 @@
--- Tasks: approval, dispatch, completion and reads. Every state change is one conditional UPDATE, so the
--- database (not Python) decides who wins a race, and each writes its task_events row in the same statement.
+-- Tasks: approval, dispatch, the holder's calls, operator actions, rescue and reads. Every state change is
+-- one conditional UPDATE, so the database (not Python) decides who wins a race, and each writes its
+-- task_events row in the same statement. Calls from a holder match worker_id and, when given, lease_id: a
+-- late call from an earlier lease of the same task finds no row. No row back means "not allowed now": the
+-- caller reads the task to say why.
 
 -- name: task_approve_many :many
 -- Turn pending suggestions into ready tasks and delete the suggestions, in one statement. Returns only the
@@ -8,11 +11,13 @@
 WITH approved AS (
     DELETE FROM suggestions
     WHERE id = ANY($1::bigint[])
-    RETURNING id, from_station_id, to_station_id, qty, reason, priority
+    RETURNING id, from_station_id, to_station_id, qty, reason, priority, not_before
 ),
 created AS (
-    INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority)
-    SELECT id, from_station_id, to_station_id, qty, reason, priority
+    INSERT INTO tasks (
+        suggestion_id, from_station_id, to_station_id, qty, reason, priority, not_before, available_at
+    )
+    SELECT id, from_station_id, to_station_id, qty, reason, priority, not_before, coalesce(not_before, now())
     FROM approved
     ORDER BY id
     RETURNING *
@@ -23,15 +28,29 @@ logged AS (
 )
 SELECT * FROM created;
 
+-- name: task_cancel :one
+-- Operator: withdraw a task that is not finished. The holder's later calls then get 409.
+WITH canceled AS (
+    UPDATE tasks
+    SET status = 'canceled', lease_expires_at = NULL
+    WHERE id = $1 AND status IN ('ready', 'assigned', 'stalled')
+    RETURNING *
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id, detail)
+    SELECT id, 'canceled', worker_id, $2::text FROM canceled
+)
+SELECT * FROM canceled;
+
 -- name: task_complete :one
--- Finish a task that is assigned (to $2 when given). No row means it was not assigned or not to $2: the
--- caller reads the task to say why.
+-- Finish a task held by $2 (any holder when null) under lease $3 (any when null).
 WITH completed AS (
     UPDATE tasks
-    SET status = 'completed', completed_at = now()
+    SET status = 'completed', completed_at = now(), lease_expires_at = NULL
     WHERE id = $1
       AND status = 'assigned'
       AND ($2::text IS NULL OR worker_id = $2::text)
+      AND ($3::uuid IS NULL OR lease_id = $3::uuid)
     RETURNING *
 ),
 logged AS (
@@ -41,21 +60,69 @@ logged AS (
 SELECT * FROM completed;
 
 -- name: task_dispatch :one
--- Assign the best ready task to worker $1: highest priority, then oldest, then lowest id. The inner SELECT
--- walks tasks_ready_idx; SKIP LOCKED lets concurrent dispatchers each take a different row instead of
--- queueing behind the first, and the row lock is held only for this one statement.
-WITH assigned AS (
+-- Assign the best available ready task to worker $1 for $2 seconds: highest priority, then oldest, then
+-- lowest id. The inner SELECT walks tasks_ready_idx; SKIP LOCKED lets concurrent dispatchers each take a
+-- different row instead of queueing behind the first, and the row lock lasts only this statement.
+-- With an idempotency key $3, a task this worker already holds under that key is returned instead.
+WITH held AS (
+    SELECT *
+    FROM tasks
+    WHERE $3::text IS NOT NULL AND worker_id = $1 AND dispatch_key = $3::text AND status = 'assigned'
+),
+assigned AS (
     UPDATE tasks
-    SET status = 'assigned', worker_id = $1, assigned_at = now()
+    SET status = 'assigned', worker_id = $1, assigned_at = now(), lease_id = gen_random_uuid(),
+        lease_seconds = $2::integer, lease_expires_at = now() + make_interval(secs => $2::integer),
+        dispatch_key = $3::text,
+        picked_up_at = NULL
     WHERE id = (
         SELECT id
         FROM tasks
-        WHERE status = 'ready'
+        WHERE status = 'ready' AND available_at <= now()
         ORDER BY priority DESC, created_at, id
         LIMIT 1
         FOR UPDATE SKIP LOCKED
     )
+    AND NOT EXISTS (SELECT 1 FROM held)
     RETURNING *
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id)
+    SELECT id, 'assigned', worker_id FROM assigned
+)
+SELECT * FROM held
+UNION ALL
+SELECT * FROM assigned;
+
+-- name: task_dispatch_many :many
+-- Coalesced dispatch: pair up to n locked ready tasks, in dispatch order, with n waiting workers in arrival
+-- order ($1 worker ids, $2 lease seconds), so one commit serves many workers. Returns each assigned task with
+-- the 1-based position (ord) of the worker it went to; workers past the last task get nothing.
+WITH waiting AS (
+    SELECT * FROM unnest($1::text[], $2::integer[]) WITH ORDINALITY AS w (worker_id, lease_seconds, ord)
+),
+locked AS (
+    SELECT id, priority, created_at
+    FROM tasks
+    WHERE status = 'ready' AND available_at <= now()
+    ORDER BY priority DESC, created_at, id
+    LIMIT cardinality($1::text[])
+    FOR UPDATE SKIP LOCKED
+),
+-- FOR UPDATE cannot share a query level with a window function, hence the separate numbering step.
+paired AS (
+    SELECT l.id, w.worker_id, w.lease_seconds, w.ord
+    FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, created_at, id) AS n FROM locked) l
+    JOIN waiting w ON w.ord = l.n
+),
+assigned AS (
+    UPDATE tasks t
+    SET status = 'assigned', worker_id = p.worker_id, assigned_at = now(), lease_id = gen_random_uuid(),
+        lease_seconds = p.lease_seconds, lease_expires_at = now() + make_interval(secs => p.lease_seconds),
+        dispatch_key = NULL, picked_up_at = NULL
+    FROM paired p
+    WHERE t.id = p.id
+    RETURNING t.*, p.ord
 ),
 logged AS (
     INSERT INTO task_events (task_id, event, worker_id)
@@ -70,8 +137,47 @@ FROM task_events
 WHERE task_id = $1
 ORDER BY id;
 
+-- name: task_fail :one
+-- The holder reports a failed attempt with error $4. Below max attempts ($6) the task is ready again after
+-- an exponential backoff (base $5 seconds, doubling per attempt, capped at an hour); at max it is 'failed',
+-- the dead letter.
+WITH failed AS (
+    UPDATE tasks
+    SET attempts = attempts + 1,
+        last_error = $4,
+        status = CASE WHEN attempts + 1 >= $6 THEN 'failed' ELSE 'ready' END,
+        worker_id = CASE WHEN attempts + 1 >= $6 THEN worker_id END,
+        assigned_at = CASE WHEN attempts + 1 >= $6 THEN assigned_at END,
+        lease_id = CASE WHEN attempts + 1 >= $6 THEN lease_id END,
+        lease_expires_at = NULL,
+        dispatch_key = NULL,
+        picked_up_at = NULL,
+        available_at = now() + make_interval(secs => least($5::double precision * 2 ^ attempts, 3600))
+    WHERE id = $1
+      AND status = 'assigned'
+      AND worker_id = $2
+      AND ($3::uuid IS NULL OR lease_id = $3::uuid)
+    RETURNING *
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id, detail)
+    SELECT id, CASE status WHEN 'failed' THEN 'failed' ELSE 'attempt_failed' END, $2, $4 FROM failed
+)
+SELECT * FROM failed;
+
 -- name: task_get :one
 SELECT * FROM tasks WHERE id = $1;
+
+-- name: task_heartbeat :one
+-- The holder extends its lease by $4 seconds, or by the length it was dispatched with.
+UPDATE tasks
+SET lease_expires_at = now() + make_interval(secs => coalesce($4::integer, lease_seconds)),
+    lease_seconds = coalesce($4::integer, lease_seconds)
+WHERE id = $1
+  AND status = 'assigned'
+  AND worker_id = $2
+  AND ($3::uuid IS NULL OR lease_id = $3::uuid)
+RETURNING *;
 
 -- name: task_list :many
 -- One page of tasks after a cursor, optionally filtered by status ($1) and worker ($2).
@@ -86,3 +192,109 @@ LIMIT $4;
 -- name: task_list_by_suggestions :many
 -- The tasks made from these suggestions, whichever call approved them.
 SELECT * FROM tasks WHERE suggestion_id = ANY($1::bigint[]);
+
+-- name: task_notify_due :one
+-- Wake long-polling workers when delayed or backed-off tasks became due since $1 (no trigger fires for the
+-- mere passing of time). Returns the database's clock, the lower bound of the next call.
+SELECT now() AS checked_at,
+       (SELECT count(*) FROM (
+            SELECT pg_notify('baywheels_task_ready', '')
+            FROM tasks
+            WHERE status = 'ready' AND available_at > $1::timestamptz AND available_at <= now()
+            LIMIT 1
+       ) due) AS due;
+
+-- name: task_pickup :one
+-- The holder has the bikes on the van: from now on an expired lease makes the task 'stalled', not 'ready'.
+WITH picked AS (
+    UPDATE tasks
+    SET picked_up_at = now()
+    WHERE id = $1
+      AND status = 'assigned'
+      AND picked_up_at IS NULL
+      AND worker_id = $2
+      AND ($3::uuid IS NULL OR lease_id = $3::uuid)
+    RETURNING *
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id)
+    SELECT id, 'picked_up', worker_id FROM picked
+)
+SELECT * FROM picked;
+
+-- name: task_reaper_try_lock :one
+-- Session-level: the one instance whose reaper connection holds it rescues expired leases.
+SELECT pg_try_advisory_lock(hashtext('baywheels.reaper')) AS locked;
+
+-- name: task_release :one
+-- The holder hands the task back: ready again at once, no attempt counted.
+WITH released AS (
+    UPDATE tasks
+    SET status = 'ready', worker_id = NULL, assigned_at = NULL, lease_id = NULL, lease_seconds = NULL,
+        lease_expires_at = NULL, dispatch_key = NULL, picked_up_at = NULL, available_at = now()
+    WHERE id = $1
+      AND status = 'assigned'
+      AND worker_id = $2
+      AND ($3::uuid IS NULL OR lease_id = $3::uuid)
+    RETURNING *
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id, detail)
+    SELECT id, 'released', $2, $4::text FROM released
+)
+SELECT * FROM released;
+
+-- name: task_rescue_expired :many
+-- Take back tasks whose lease ran out (up to $2 per call), counting an attempt: 'stalled' when the bikes
+-- were picked up (an operator must look), 'failed' at max attempts ($1), else 'ready' for another worker.
+WITH expired AS (
+    SELECT id
+    FROM tasks
+    WHERE status = 'assigned' AND lease_expires_at <= now()
+    ORDER BY lease_expires_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+),
+rescued AS (
+    UPDATE tasks t
+    SET attempts = t.attempts + 1,
+        status = CASE
+            WHEN t.picked_up_at IS NOT NULL THEN 'stalled'
+            WHEN t.attempts + 1 >= $1 THEN 'failed'
+            ELSE 'ready'
+        END,
+        last_error = CASE WHEN t.picked_up_at IS NULL AND t.attempts + 1 >= $1 THEN 'lease expired'
+                          ELSE t.last_error END,
+        worker_id = CASE WHEN t.picked_up_at IS NULL AND t.attempts + 1 < $1 THEN NULL ELSE t.worker_id END,
+        assigned_at = CASE WHEN t.picked_up_at IS NULL AND t.attempts + 1 < $1 THEN NULL
+                           ELSE t.assigned_at END,
+        lease_id = NULL,
+        lease_expires_at = NULL,
+        dispatch_key = NULL,
+        available_at = now()
+    FROM expired e
+    WHERE t.id = e.id
+    RETURNING t.*
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id, detail)
+    SELECT r.id, 'lease_expired', t.worker_id, r.status
+    FROM rescued r JOIN tasks t ON t.id = r.id
+)
+SELECT * FROM rescued;
+
+-- name: task_retry :one
+-- Operator: put a failed, canceled or stalled task back to ready with a fresh attempt budget.
+WITH retried AS (
+    UPDATE tasks
+    SET status = 'ready', attempts = 0, worker_id = NULL, assigned_at = NULL, lease_id = NULL,
+        lease_seconds = NULL, lease_expires_at = NULL, dispatch_key = NULL, picked_up_at = NULL,
+        completed_at = NULL, available_at = greatest(now(), coalesce(not_before, now()))
+    WHERE id = $1 AND status IN ('failed', 'canceled', 'stalled')
+    RETURNING *
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, detail)
+    SELECT id, 'retried', $2::text FROM retried
+)
+SELECT * FROM retried;

@@ -1,5 +1,6 @@
 """The Starlette application: routes, error handlers, middleware, and the pool owned by the lifespan."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,8 +11,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import db, metrics, openapi
+from .dispatcher import Dispatcher
 from .errors import EXCEPTION_HANDLERS
 from .middleware import RequestContext
+from .reaper import Reaper
 from .routes import ENDPOINTS
 from .settings import Settings
 
@@ -27,9 +30,15 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.pool = await db.create_pool(settings, dsn)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
+        app.state.dispatcher = Dispatcher(app.state.pool, settings, dsn)
+        await app.state.dispatcher.start()
+        reaper = asyncio.create_task(Reaper(settings, dsn).run())
         try:
             yield
         finally:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
+            await app.state.dispatcher.stop()
             await app.state.pool.close()
             log.info("pool_closed")
 

@@ -2,6 +2,7 @@
 
 from datetime import datetime
 from typing import Annotated, Literal
+from uuid import UUID
 
 import msgspec
 from msgspec import Meta
@@ -18,32 +19,35 @@ Priority = Annotated[
 Reason = Annotated[str, Meta(max_length=2000, description="Why the move is suggested.")]
 WorkerId = Annotated[str, Meta(min_length=1, max_length=64, description="The field worker's id.")]
 Limit = Annotated[int, Meta(ge=1, le=1000, description="Page size.")]
-TaskStatus = Literal["ready", "assigned", "completed"]
+TaskStatus = Literal["ready", "assigned", "completed", "failed", "canceled", "stalled"]
+LeaseSeconds = Annotated[int, Meta(ge=1, le=86400, description="Lease length in seconds.")]
+Note = Annotated[str, Meta(max_length=2000)]
+NotBefore = Annotated[datetime, Meta(tz=True, description="Not dispatched before this time (RFC 3339).")]
 
 
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class Message(Model, frozen=True):
+class Message(Model, frozen=True, kw_only=True):
     """Service banner."""
 
     message: str
 
 
-class Error(Model, frozen=True):
+class Error(Model, frozen=True, kw_only=True):
     """Every error response."""
 
     detail: str
 
 
-class Health(Model, frozen=True):
+class Health(Model, frozen=True, kw_only=True):
     """Liveness or readiness."""
 
     status: str
 
 
-class SuggestionIn(Model, frozen=True):
+class SuggestionIn(Model, frozen=True, kw_only=True):
     """One rebalancing suggestion posted by the ML engine."""
 
     from_station_id: StationId
@@ -51,6 +55,7 @@ class SuggestionIn(Model, frozen=True):
     qty: Qty
     reason: Reason
     priority: Priority = 0
+    not_before: NotBefore | None = None
 
     def __post_init__(self) -> None:
         if self.from_station_id == self.to_station_id:
@@ -60,7 +65,7 @@ class SuggestionIn(Model, frozen=True):
 SuggestionBatch = Annotated[list[SuggestionIn], Meta(min_length=1, max_length=10_000)]
 
 
-class Suggestion(Model, frozen=True):
+class Suggestion(Model, frozen=True, kw_only=True):
     """A pending suggestion, waiting for an operator's approval."""
 
     id: int
@@ -69,10 +74,11 @@ class Suggestion(Model, frozen=True):
     qty: int
     reason: str
     priority: int
+    not_before: datetime | None
     created_at: datetime
 
 
-class IngestResult(Model, frozen=True):
+class IngestResult(Model, frozen=True, kw_only=True):
     """Outcome of a batch: `ids` is aligned with the input (null for an item that was skipped)."""
 
     created: int
@@ -81,31 +87,71 @@ class IngestResult(Model, frozen=True):
     ids: list[int | None]
 
 
-class ApproveRequest(Model, frozen=True):
+class ApproveRequest(Model, frozen=True, kw_only=True):
     """Approve one suggestion into a task."""
 
     suggestion_id: Id
 
 
-class ApproveManyRequest(Model, frozen=True):
+class ApproveManyRequest(Model, frozen=True, kw_only=True):
     """Approve several suggestions in one transaction."""
 
     suggestion_ids: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
 
 
-class DispatchRequest(Model, frozen=True):
-    """A worker asking for its next task."""
+class DispatchRequest(Model, frozen=True, kw_only=True):
+    """A worker asking for its next task; with `wait_seconds`, the request waits that long for one."""
 
     worker_id: WorkerId
+    lease_seconds: LeaseSeconds | None = None
+    wait_seconds: Annotated[float, Meta(ge=0, le=30)] = 0
 
 
-class CompleteRequest(Model, frozen=True):
-    """Optional body of a completion: with `worker_id`, only that worker may complete the task."""
+class HolderRequest(Model, frozen=True, kw_only=True):
+    """A call from the worker holding a task; with `lease_id`, only that lease (dispatch) is accepted."""
+
+    worker_id: WorkerId
+    lease_id: UUID | None = None
+
+
+class HeartbeatRequest(Model, frozen=True, kw_only=True):
+    """Extend the lease, by `lease_seconds` or by the length it was dispatched with."""
+
+    worker_id: WorkerId
+    lease_id: UUID | None = None
+    lease_seconds: LeaseSeconds | None = None
+
+
+class ReleaseRequest(Model, frozen=True, kw_only=True):
+    """Hand a task back to `ready` now, without counting an attempt."""
+
+    worker_id: WorkerId
+    lease_id: UUID | None = None
+    reason: Note | None = None
+
+
+class FailRequest(Model, frozen=True, kw_only=True):
+    """Report a failed attempt; the task is retried after a backoff, or dead-lettered as `failed`."""
+
+    worker_id: WorkerId
+    lease_id: UUID | None = None
+    error: Annotated[str, Meta(min_length=1, max_length=2000)]
+
+
+class OperatorRequest(Model, frozen=True, kw_only=True):
+    """Optional body of an operator's cancel or retry."""
+
+    reason: Note | None = None
+
+
+class CompleteRequest(Model, frozen=True, kw_only=True):
+    """Optional body of a completion: with `worker_id` (and `lease_id`), only that holder may complete it."""
 
     worker_id: WorkerId | None = None
+    lease_id: UUID | None = None
 
 
-class Task(Model, frozen=True):
+class Task(Model, frozen=True, kw_only=True):
     """A rebalancing task and where it stands."""
 
     id: int
@@ -120,16 +166,23 @@ class Task(Model, frozen=True):
     created_at: datetime
     assigned_at: datetime | None
     completed_at: datetime | None
+    attempts: int
+    lease_id: UUID | None
+    lease_expires_at: datetime | None
+    picked_up_at: datetime | None
+    last_error: str | None
+    not_before: datetime | None
+    available_at: datetime
 
 
-class ApproveManyResult(Model, frozen=True):
+class ApproveManyResult(Model, frozen=True, kw_only=True):
     """Tasks for the approved suggestions (new or approved before), and the ids that match no suggestion."""
 
     tasks: list[Task]
     not_found: list[int]
 
 
-class TaskEvent(Model, frozen=True):
+class TaskEvent(Model, frozen=True, kw_only=True):
     """One transition in a task's history."""
 
     event: str
@@ -138,14 +191,14 @@ class TaskEvent(Model, frozen=True):
     at: datetime
 
 
-class SuggestionPage(Model, frozen=True):
+class SuggestionPage(Model, frozen=True, kw_only=True):
     """Query parameters of `GET /suggestions`."""
 
     limit: Limit = 1000
     after_id: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
 
 
-class TaskPage(Model, frozen=True):
+class TaskPage(Model, frozen=True, kw_only=True):
     """Query parameters of `GET /tasks`."""
 
     status: TaskStatus | None = None

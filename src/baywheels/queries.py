@@ -2,7 +2,9 @@
 transaction; rows become Structs here and nowhere else."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -25,6 +27,10 @@ _TASK_FIELDS = Task.__struct_fields__
 
 def _task(row: asyncpg.Record) -> Task:
     return Task(**{field: row[field] for field in _TASK_FIELDS})
+
+
+def _one(row: asyncpg.Record | None) -> Task | None:
+    return None if row is None else _task(row)
 
 
 def _tasks(rows: Sequence[asyncpg.Record]) -> list[Task]:
@@ -75,13 +81,14 @@ async def suggestion_lock_for_ingest(conn: Conn) -> None:
 
 async def suggestion_upsert_batch(conn: Conn, items: Sequence[SuggestionIn]) -> list[asyncpg.Record]:
     """Rows of (ord, id, inserted) for the items that created or updated a suggestion."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [])
+    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
     for item in items:
         columns[0].append(item.from_station_id)
         columns[1].append(item.to_station_id)
         columns[2].append(item.qty)
         columns[3].append(item.reason)
         columns[4].append(item.priority)
+        columns[5].append(item.not_before)
     return await conn.fetch(_SUGGESTION_UPSERT_BATCH, *columns)
 
 
@@ -92,23 +99,53 @@ async def task_approve_many(conn: Conn, suggestion_ids: Sequence[int]) -> list[T
     return _tasks(await conn.fetch(_TASK_APPROVE_MANY, suggestion_ids))
 
 
-async def task_complete(conn: Conn, task_id: int, worker_id: str | None) -> Task | None:
-    row = await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id)
-    return None if row is None else _task(row)
+async def task_cancel(conn: Conn, task_id: int, reason: str | None) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_CANCEL, task_id, reason))
 
 
-async def task_dispatch(conn: Conn, worker_id: str) -> Task | None:
-    row = await conn.fetchrow(_TASK_DISPATCH, worker_id)
-    return None if row is None else _task(row)
+async def task_complete(
+    conn: Conn, task_id: int, worker_id: str | None, lease_id: UUID | None
+) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id))
+
+
+async def task_dispatch(conn: Conn, worker_id: str, lease_seconds: int, key: str | None) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key))
+
+
+async def task_dispatch_many(
+    conn: Conn, worker_ids: Sequence[str], lease_seconds: Sequence[int]
+) -> dict[int, Task]:
+    """Tasks by the 0-based index of the worker they went to."""
+    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds)
+    return {row["ord"] - 1: _task(row) for row in rows}
 
 
 async def task_event_list(conn: Conn, task_id: int) -> list[TaskEvent]:
     return [TaskEvent(**dict(row)) for row in await conn.fetch(_TASK_EVENT_LIST, task_id)]
 
 
+async def task_fail(
+    conn: Conn,
+    task_id: int,
+    worker_id: str,
+    lease_id: UUID | None,
+    error: str,
+    backoff_seconds: float,
+    max_attempts: int,
+) -> Task | None:
+    row = await conn.fetchrow(_TASK_FAIL, task_id, worker_id, lease_id, error, backoff_seconds, max_attempts)
+    return _one(row)
+
+
 async def task_get(conn: Conn, task_id: int) -> Task | None:
-    row = await conn.fetchrow(_TASK_GET, task_id)
-    return None if row is None else _task(row)
+    return _one(await conn.fetchrow(_TASK_GET, task_id))
+
+
+async def task_heartbeat(
+    conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, lease_seconds: int | None
+) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_HEARTBEAT, task_id, worker_id, lease_id, lease_seconds))
 
 
 async def task_list(
@@ -119,6 +156,36 @@ async def task_list(
 
 async def task_list_by_suggestions(conn: Conn, suggestion_ids: Sequence[int]) -> list[Task]:
     return _tasks(await conn.fetch(_TASK_LIST_BY_SUGGESTIONS, suggestion_ids))
+
+
+async def task_notify_due(conn: Conn, since: datetime) -> datetime:
+    """Notify waiters if tasks became due after ``since``; returns the database clock for the next call."""
+    row = await conn.fetchrow(_TASK_NOTIFY_DUE, since)
+    assert row is not None
+    checked_at: datetime = row["checked_at"]
+    return checked_at
+
+
+async def task_pickup(conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id))
+
+
+async def task_reaper_try_lock(conn: Conn) -> bool:
+    return bool(await conn.fetchval(_TASK_REAPER_TRY_LOCK))
+
+
+async def task_release(
+    conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, reason: str | None
+) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason))
+
+
+async def task_rescue_expired(conn: Conn, max_attempts: int, limit: int) -> list[Task]:
+    return _tasks(await conn.fetch(_TASK_RESCUE_EXPIRED, max_attempts, limit))
+
+
+async def task_retry(conn: Conn, task_id: int, reason: str | None) -> Task | None:
+    return _one(await conn.fetchrow(_TASK_RETRY, task_id, reason))
 
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
@@ -132,9 +199,19 @@ _SUGGESTION_LIST = _q("suggestion_list", "many")
 _SUGGESTION_LOCK_FOR_INGEST = _q("suggestion_lock_for_ingest", "exec")
 _SUGGESTION_UPSERT_BATCH = _q("suggestion_upsert_batch", "many")
 _TASK_APPROVE_MANY = _q("task_approve_many", "many")
+_TASK_CANCEL = _q("task_cancel", "one")
 _TASK_COMPLETE = _q("task_complete", "one")
 _TASK_DISPATCH = _q("task_dispatch", "one")
+_TASK_DISPATCH_MANY = _q("task_dispatch_many", "many")
 _TASK_EVENT_LIST = _q("task_event_list", "many")
+_TASK_FAIL = _q("task_fail", "one")
 _TASK_GET = _q("task_get", "one")
+_TASK_HEARTBEAT = _q("task_heartbeat", "one")
 _TASK_LIST = _q("task_list", "many")
 _TASK_LIST_BY_SUGGESTIONS = _q("task_list_by_suggestions", "many")
+_TASK_NOTIFY_DUE = _q("task_notify_due", "one")
+_TASK_PICKUP = _q("task_pickup", "one")
+_TASK_REAPER_TRY_LOCK = _q("task_reaper_try_lock", "one")
+_TASK_RELEASE = _q("task_release", "one")
+_TASK_RESCUE_EXPIRED = _q("task_rescue_expired", "many")
+_TASK_RETRY = _q("task_retry", "one")

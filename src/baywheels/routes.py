@@ -16,9 +16,14 @@ from .models import (
     ApproveRequest,
     CompleteRequest,
     DispatchRequest,
+    FailRequest,
     Health,
+    HeartbeatRequest,
+    HolderRequest,
     IngestResult,
     Message,
+    OperatorRequest,
+    ReleaseRequest,
     Suggestion,
     SuggestionBatch,
     SuggestionPage,
@@ -116,7 +121,12 @@ ENDPOINTS = (
         body=DispatchRequest,
         response=Task,
         errors=(400, 404),
-        description="Highest priority first, then oldest, then lowest id. 404 when no task is ready.",
+        description=(
+            "Highest priority first, then oldest, then lowest id; 404 when no task is ready. With "
+            "`wait_seconds` the request waits up to that long and answers the moment a task is ready. The "
+            "task is leased for `lease_seconds` (default TASK_LEASE_SECONDS): heartbeat to keep it. An "
+            "`Idempotency-Key` header makes a retry by the same worker return the task it already holds."
+        ),
     ),
     Endpoint(
         "POST",
@@ -132,6 +142,73 @@ ENDPOINTS = (
             "With `worker_id`, only the holder may complete the task, and the holder repeating the call "
             "gets the completed task again."
         ),
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/heartbeat",
+        tasks.heartbeat,
+        "Extend the holder's lease",
+        "tasks",
+        body=HeartbeatRequest,
+        response=Task,
+        errors=(400, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/pickup",
+        tasks.pickup,
+        "Record that the bikes are on the van",
+        "tasks",
+        body=HolderRequest,
+        response=Task,
+        errors=(400, 404, 409),
+        description="After pickup an expired lease makes the task `stalled` (for an operator), not `ready`.",
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/release",
+        tasks.release,
+        "Hand a task back to ready now",
+        "tasks",
+        body=ReleaseRequest,
+        response=Task,
+        errors=(400, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/fail",
+        tasks.fail,
+        "Report a failed attempt",
+        "tasks",
+        body=FailRequest,
+        response=Task,
+        errors=(400, 404, 409),
+        description=(
+            "The task is ready again after an exponential backoff (`available_at`), or `failed` (the dead "
+            "letter) after TASK_MAX_ATTEMPTS attempts."
+        ),
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/cancel",
+        tasks.cancel,
+        "Operator: cancel an unfinished task",
+        "operator",
+        body=OperatorRequest,
+        body_required=False,
+        response=Task,
+        errors=(400, 404, 409),
+    ),
+    Endpoint(
+        "POST",
+        "/task/{task_id:int}/retry",
+        tasks.retry,
+        "Operator: put a failed, canceled or stalled task back",
+        "operator",
+        body=OperatorRequest,
+        body_required=False,
+        response=Task,
+        errors=(400, 404, 409),
     ),
     Endpoint(
         "GET", "/task/{task_id:int}", tasks.get_task, "Get one task", "tasks", response=Task, errors=(404,)

@@ -40,10 +40,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 10 * 1024 * 1024
     # Seconds a client is told to wait (Retry-After) when the database is unavailable.
     retry_after: Annotated[int, Meta(ge=1, le=3600)] = 2
+    # Lease of a dispatched task unless the request asks for its own.
+    task_lease_seconds: Annotated[int, Meta(ge=1, le=86400)] = 1800
+    # First retry delay after a failed attempt; doubles per attempt, capped at an hour. 0 retries at once.
+    task_retry_backoff_seconds: Annotated[float, Meta(ge=0, le=3600)] = 30.0
+    # Attempts (failures and expired leases) before a task is dead-lettered as 'failed'.
+    task_max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
+    # How often the reaper (one instance at a time) rescues expired leases and wakes waiters for due tasks.
+    reaper_interval_seconds: Annotated[float, Meta(ge=0.01, le=60)] = 1.0
+    # Dispatch statements in flight at once per process; requests beyond them are coalesced into one
+    # statement of up to DISPATCH_BATCH_MAX workers.
+    dispatch_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
+    dispatch_batch_max: Annotated[int, Meta(ge=1, le=1000)] = 128
 
     def __post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:
             raise ValueError("POOL_MIN_SIZE must not exceed POOL_MAX_SIZE")
+        if self.dispatch_concurrency >= self.pool_max_size:
+            raise ValueError(
+                "DISPATCH_CONCURRENCY must be below POOL_MAX_SIZE, leaving connections for the rest"
+            )
 
     @property
     def safe_database_url(self) -> str:

@@ -1,19 +1,66 @@
+import asyncio
+import re
+from collections.abc import Awaitable
+from typing import TypeVar
+
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .. import queries
-from ..errors import NotFound
-from ..http import body, pool
+from ..dispatcher import Dispatcher
+from ..errors import BadRequest, NotFound
+from ..http import body
 from ..metrics import DISPATCHES
 from ..models import DispatchRequest
 from ..responses import JSONResponse
 
+T = TypeVar("T")
+
+_SANE_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+# What a client that went away gets logged with (nginx's "client closed request"); nobody receives it.
+CLIENT_CLOSED = 499
+
+
+class ClientGone(Exception):
+    pass
+
 
 async def dispatch_next(request: Request) -> Response:
-    worker_id = (await body(request, DispatchRequest)).worker_id
-    task = await queries.task_dispatch(pool(request), worker_id)
+    req = await body(request, DispatchRequest)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not _SANE_KEY.match(key):
+        raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
+    dispatcher: Dispatcher = request.app.state.dispatcher
+    lease_seconds = req.lease_seconds or request.app.state.settings.task_lease_seconds
+    waiting = dispatcher.next(req.worker_id, lease_seconds, req.wait_seconds, key)
+    try:
+        task = await (_unless_disconnected(request, waiting) if req.wait_seconds > 0 else waiting)
+    except ClientGone:
+        DISPATCHES.labels("abandoned").inc()
+        return Response(status_code=CLIENT_CLOSED)
     if task is None:
         DISPATCHES.labels("empty").inc()
         raise NotFound("No available tasks with status 'ready'")
     DISPATCHES.labels("assigned").inc()
     return JSONResponse(task)
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (a long poll must not outlive it)."""
+    job = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({job, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if job.done():
+        return job.result()
+    job.cancel()
+    await asyncio.gather(job, return_exceptions=True)
+    raise ClientGone
+
+
+async def _disconnected(request: Request) -> None:
+    # The body has been read, so the next message the server sends is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

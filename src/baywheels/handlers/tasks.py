@@ -1,3 +1,5 @@
+from uuid import UUID
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -5,7 +7,19 @@ from .. import queries
 from ..errors import Conflict, NotFound
 from ..http import body, optional_body, path_id, pool, query
 from ..metrics import TRANSITIONS
-from ..models import ApproveManyRequest, ApproveManyResult, ApproveRequest, CompleteRequest, TaskPage
+from ..models import (
+    ApproveManyRequest,
+    ApproveManyResult,
+    ApproveRequest,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    HolderRequest,
+    OperatorRequest,
+    ReleaseRequest,
+    Task,
+    TaskPage,
+)
 from ..responses import JSONResponse
 
 
@@ -39,22 +53,126 @@ async def approve_many(request: Request) -> Response:
     return JSONResponse(result)
 
 
-async def complete(request: Request) -> Response:
-    task_id = path_id(request, "task_id", "Task")
-    worker_id = (await optional_body(request, CompleteRequest)).worker_id
-    db = pool(request)
-    task = await queries.task_complete(db, task_id, worker_id)
-    if task is not None:
-        TRANSITIONS.labels("completed").inc()
-        return JSONResponse(task)
-    current = await queries.task_get(db, task_id)
+async def _refused(
+    request: Request, task_id: int, action: str, worker_id: str | None, lease_id: UUID | None
+) -> Conflict:
+    """Why a holder's conditional UPDATE matched no row: 404 for no such task, else a 409 saying why."""
+    current = await queries.task_get(pool(request), task_id)
     if current is None:
         raise NotFound(f"Task with id {task_id} not found")
-    if current.status == "completed" and worker_id is not None and current.worker_id == worker_id:
+    if current.status != "assigned":
+        return Conflict(f"Cannot {action} task {task_id}: it is '{current.status}', not 'assigned'")
+    if worker_id is not None and current.worker_id != worker_id:
+        return Conflict(f"Cannot {action} task {task_id}: it is held by another worker")
+    if lease_id is not None and current.lease_id != lease_id:
+        return Conflict(
+            f"Cannot {action} task {task_id}: lease {lease_id} has expired and the task was dispatched again"
+        )
+    return Conflict(f"Cannot {action} task {task_id} in its current state")
+
+
+def _is_holder(task: Task, worker_id: str | None, lease_id: UUID | None) -> bool:
+    return worker_id is not None and task.worker_id == worker_id and lease_id in (None, task.lease_id)
+
+
+def _done(task: Task, event: str) -> Response:
+    TRANSITIONS.labels(event).inc()
+    return JSONResponse(task)
+
+
+async def complete(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await optional_body(request, CompleteRequest)
+    task = await queries.task_complete(pool(request), task_id, req.worker_id, req.lease_id)
+    if task is not None:
+        return _done(task, "completed")
+    current = await queries.task_get(pool(request), task_id)
+    if (
+        current is not None
+        and current.status == "completed"
+        and _is_holder(current, req.worker_id, req.lease_id)
+    ):
         return JSONResponse(current)  # the holder retrying a completion that already went through
-    if current.status == "assigned":
-        raise Conflict(f"Task {task_id} is assigned to another worker")
-    raise Conflict(f"Task {task_id} is '{current.status}', not 'assigned'")
+    raise await _refused(request, task_id, "complete", req.worker_id, req.lease_id)
+
+
+async def heartbeat(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await body(request, HeartbeatRequest)
+    task = await queries.task_heartbeat(
+        pool(request), task_id, req.worker_id, req.lease_id, req.lease_seconds
+    )
+    if task is not None:
+        return JSONResponse(task)
+    raise await _refused(request, task_id, "extend the lease of", req.worker_id, req.lease_id)
+
+
+async def pickup(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await body(request, HolderRequest)
+    task = await queries.task_pickup(pool(request), task_id, req.worker_id, req.lease_id)
+    if task is not None:
+        return _done(task, "picked_up")
+    current = await queries.task_get(pool(request), task_id)
+    if (
+        current is not None
+        and current.status == "assigned"
+        and current.picked_up_at is not None
+        and _is_holder(current, req.worker_id, req.lease_id)
+    ):
+        return JSONResponse(current)  # already recorded: a retry
+    raise await _refused(request, task_id, "pick up", req.worker_id, req.lease_id)
+
+
+async def release(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await body(request, ReleaseRequest)
+    task = await queries.task_release(pool(request), task_id, req.worker_id, req.lease_id, req.reason)
+    if task is not None:
+        return _done(task, "released")
+    raise await _refused(request, task_id, "release", req.worker_id, req.lease_id)
+
+
+async def fail(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await body(request, FailRequest)
+    settings = request.app.state.settings
+    task = await queries.task_fail(
+        pool(request),
+        task_id,
+        req.worker_id,
+        req.lease_id,
+        req.error,
+        settings.task_retry_backoff_seconds,
+        settings.task_max_attempts,
+    )
+    if task is not None:
+        return _done(task, "failed" if task.status == "failed" else "attempt_failed")
+    raise await _refused(request, task_id, "fail", req.worker_id, req.lease_id)
+
+
+async def cancel(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await optional_body(request, OperatorRequest)
+    task = await queries.task_cancel(pool(request), task_id, req.reason)
+    if task is not None:
+        return _done(task, "canceled")
+    current = await queries.task_get(pool(request), task_id)
+    if current is None:
+        raise NotFound(f"Task with id {task_id} not found")
+    raise Conflict(f"Cannot cancel task {task_id}: it is already '{current.status}'")
+
+
+async def retry(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    req = await optional_body(request, OperatorRequest)
+    task = await queries.task_retry(pool(request), task_id, req.reason)
+    if task is not None:
+        return _done(task, "retried")
+    current = await queries.task_get(pool(request), task_id)
+    if current is None:
+        raise NotFound(f"Task with id {task_id} not found")
+    raise Conflict(f"Cannot retry task {task_id}: it is '{current.status}', not failed, canceled or stalled")
 
 
 async def get_task(request: Request) -> Response:

@@ -1,0 +1,226 @@
+"""Dispatch inside one process: concurrent requests coalesced into few statements, and long-polling waiters
+woken by PostgreSQL LISTEN/NOTIFY.
+
+Every ``POST /dispatch/next`` becomes a ``Waiter`` in a FIFO queue. Up to DISPATCH_CONCURRENCY statements run
+at once; when all are busy, the waiters that queue up behind them go together in ONE ``task_dispatch_many``
+statement, which pairs n locked tasks with n workers in arrival order and commits once for all of them. A
+lone waiter takes the single-row ``task_dispatch`` path. A waiter with ``wait_seconds`` that finds nothing
+sleeps (no query) until a notification on CHANNEL says a task became ready, from this instance or any other;
+then the oldest sleepers are tried first, one batch at a time, and only while batches keep filling up, so one
+new task costs one statement, not one per sleeper.
+"""
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import structlog
+from asyncpg.pool import PoolConnectionProxy
+
+from . import db, queries
+from .models import Task
+from .settings import Settings
+
+log = structlog.get_logger(__name__)
+
+CHANNEL = "baywheels_task_ready"
+
+
+@dataclass(eq=False)
+class Waiter:
+    worker_id: str
+    lease_seconds: int
+    key: str | None
+    deadline: float
+    seq: int
+    future: asyncio.Future[Task | None] = field(repr=False)
+    abandoned: bool = False
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._settings = settings
+        self._queue: deque[Waiter] = deque()  # to try in the next statement, oldest first
+        self._sleeping: list[Waiter] = []  # found nothing; waiting for a notification
+        self._inflight = 0
+        self._notifications = 0
+        self._seq = itertools.count()
+        self._background: set[asyncio.Task[None]] = set()
+        self._listener: asyncpg.Connection | None = None
+        self._closing = False
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        await self._listen()
+
+    async def stop(self) -> None:
+        self._closing = True
+        for waiter in [*self._queue, *self._sleeping]:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+        self._queue.clear()
+        self._sleeping.clear()
+        if self._listener is not None:
+            await self._listener.close()
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(
+            self._dsn, timeout=self._settings.db_connect_timeout, server_settings=db.SERVER_SETTINGS
+        )
+        await conn.add_listener(CHANNEL, self._on_notify)
+        conn.add_termination_listener(self._on_listener_lost)
+        self._listener = conn
+
+    def _on_listener_lost(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
+        if not self._closing:
+            log.warning("listener_lost")
+            self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        delay = 0.1
+        while not self._closing:
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("listener_reconnect_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                log.info("listener_reconnected")
+                # Notifications sent while we were away are lost: let every sleeper look once.
+                self._notifications += 1
+                self._wake(len(self._sleeping))
+                return
+
+    # Requests
+
+    async def next(
+        self, worker_id: str, lease_seconds: int, wait_seconds: float, key: str | None
+    ) -> Task | None:
+        """The task assigned to this worker, or None when none was ready within ``wait_seconds``."""
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(
+            worker_id, lease_seconds, key, loop.time() + wait_seconds, next(self._seq), loop.create_future()
+        )
+        self._queue.append(waiter)
+        self._pump()
+        timer = loop.call_at(waiter.deadline, self._expire, waiter) if wait_seconds > 0 else None
+        try:
+            return await waiter.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not waiter.future.done():  # cancelled: the client went away
+                waiter.abandoned = True
+                self._forget(waiter)
+                waiter.future.cancel()
+
+    def _expire(self, waiter: Waiter) -> None:
+        # Only a sleeping waiter ends here; one in a statement gets that statement's answer.
+        if waiter in self._sleeping:
+            self._sleeping.remove(waiter)
+            waiter.future.set_result(None)
+
+    def _forget(self, waiter: Waiter) -> None:
+        if waiter in self._sleeping:
+            self._sleeping.remove(waiter)
+        elif waiter in self._queue:
+            self._queue.remove(waiter)
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._notifications += 1
+        self._wake(self._settings.dispatch_batch_max)
+
+    def _wake(self, count: int) -> None:
+        """Move the ``count`` oldest sleepers to the front of the queue, in arrival order."""
+        if not self._sleeping:
+            return
+        self._sleeping.sort(key=lambda w: w.seq)
+        woken, self._sleeping = self._sleeping[:count], self._sleeping[count:]
+        self._queue.extendleft(reversed(woken))
+        self._pump()
+
+    # Statements
+
+    def _pump(self) -> None:
+        while self._queue and self._inflight < self._settings.dispatch_concurrency:
+            batch = [self._queue.popleft()]
+            # A keyed request runs alone: task_dispatch honours its Idempotency-Key.
+            if batch[0].key is None:
+                while (
+                    self._queue
+                    and len(batch) < self._settings.dispatch_batch_max
+                    and self._queue[0].key is None
+                ):
+                    batch.append(self._queue.popleft())
+            self._inflight += 1
+            self._spawn(self._run(batch))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run(self, batch: list[Waiter]) -> None:
+        seen = self._notifications
+        try:
+            results = await self._dispatch(batch)
+        except Exception as exc:
+            for waiter in batch:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+            # Tasks this statement had locked are free again, unannounced.
+            self._notifications += 1
+            self._wake(self._settings.dispatch_batch_max)
+            return
+        finally:
+            self._inflight -= 1
+        now = asyncio.get_running_loop().time()
+        again: list[Waiter] = []
+        for index, waiter in enumerate(batch):
+            task = results.get(index)
+            if waiter.abandoned or waiter.future.done():
+                if task is not None:
+                    self._spawn(self._give_back(task))
+            elif task is not None:
+                waiter.future.set_result(task)
+            elif waiter.deadline <= now:
+                waiter.future.set_result(None)
+            elif self._notifications != seen:
+                again.append(waiter)  # a task became ready while we looked: look again
+            else:
+                self._sleeping.append(waiter)
+        self._queue.extendleft(reversed(again))
+        if len(results) == len(batch):
+            # Every worker got a task, so more may be ready: try the next sleepers.
+            self._wake(self._settings.dispatch_batch_max)
+        self._pump()
+
+    async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
+        if len(batch) > 1:
+            return await queries.task_dispatch_many(
+                self._pool, [w.worker_id for w in batch], [w.lease_seconds for w in batch]
+            )
+        waiter = batch[0]
+        try:
+            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, waiter.key)
+        except asyncpg.UniqueViolationError:
+            # A retry with the same Idempotency-Key raced this one and took a task first: return that task.
+            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, waiter.key)
+        return {} if task is None else {0: task}
+
+    async def _give_back(self, task: Task) -> None:
+        """The waiter left while its statement ran: hand the task straight back."""
+        assert task.worker_id is not None
+        await queries.task_release(self._pool, task.id, task.worker_id, task.lease_id, "client disconnected")
+        log.info("task_given_back", task_id=task.id, worker_id=task.worker_id)
