@@ -22,6 +22,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from . import db, queries
+from .metrics import WAITERS
 from .models import Task
 from .settings import Settings
 
@@ -54,6 +55,7 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncpg.Connection | None = None
         self._closing = False
+        WAITERS.set_function(lambda: len(self._sleeping))
 
     # Lifecycle
 
@@ -69,9 +71,9 @@ class Dispatcher:
         self._sleeping.clear()
         if self._listener is not None:
             await self._listener.close()
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Statements in flight finish, so a task they assign is not left without its answer being logged.
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=self._settings.db_command_timeout)
 
     async def _listen(self) -> None:
         conn = await asyncpg.connect(
@@ -117,13 +119,14 @@ class Dispatcher:
         timer = loop.call_at(waiter.deadline, self._expire, waiter) if wait_seconds > 0 else None
         try:
             return await waiter.future
+        except asyncio.CancelledError:
+            # The client went away. If a statement is serving this waiter now, _run gives its task back.
+            waiter.abandoned = True
+            self._forget(waiter)
+            raise
         finally:
             if timer is not None:
                 timer.cancel()
-            if not waiter.future.done():  # cancelled: the client went away
-                waiter.abandoned = True
-                self._forget(waiter)
-                waiter.future.cancel()
 
     def _expire(self, waiter: Waiter) -> None:
         # Only a sleeping waiter ends here; one in a statement gets that statement's answer.
@@ -153,7 +156,7 @@ class Dispatcher:
     # Statements
 
     def _pump(self) -> None:
-        while self._queue and self._inflight < self._settings.dispatch_concurrency:
+        while self._queue and self._inflight < self._settings.dispatch_concurrency and not self._closing:
             batch = [self._queue.popleft()]
             # A keyed request runs alone: task_dispatch honours its Idempotency-Key.
             if batch[0].key is None:

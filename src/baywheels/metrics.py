@@ -1,6 +1,6 @@
 """Prometheus metrics, served at ``GET /metrics``."""
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,6 +12,7 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DISPATCHES = Counter("baywheels_dispatch_total", "Dispatch requests by outcome.", ["outcome"])
+WAITERS = Gauge("baywheels_dispatch_waiters", "Long-polling dispatch requests waiting for a task.")
 TRANSITIONS = Counter(
     "baywheels_task_transitions_total", "Task state changes made by this process.", ["event"]
 )
