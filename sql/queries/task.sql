@@ -94,6 +94,12 @@ SELECT * FROM held
 UNION ALL
 SELECT * FROM assigned;
 
+-- name: task_dispatch_key_lock :exec
+-- Taken by a request with an Idempotency-Key, in the transaction of its task_dispatch: a racing retry with
+-- the same key waits here for the first to commit, so its own statement then finds the task held. Without it
+-- the retry's snapshot misses the uncommitted assignment and SKIP LOCKED skips the task: a 404.
+SELECT pg_advisory_xact_lock(hashtext('baywheels.dispatch_key'), hashtext($1::text || ' ' || $2::text));
+
 -- name: task_dispatch_many :many
 -- Coalesced dispatch: pair up to n locked ready tasks, in dispatch order, with n waiting workers in arrival
 -- order ($1 worker ids, $2 lease seconds), so one commit serves many workers. Returns each assigned task with

@@ -215,11 +215,13 @@ class Dispatcher:
                 self._pool, [w.worker_id for w in batch], [w.lease_seconds for w in batch]
             )
         waiter = batch[0]
-        try:
-            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, waiter.key)
-        except asyncpg.UniqueViolationError:
-            # A retry with the same Idempotency-Key raced this one and took a task first: return that task.
-            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, waiter.key)
+        if waiter.key is None:
+            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, None)
+        else:
+            # A racing retry with the same Idempotency-Key waits for this one, then gets the same task.
+            async with self._pool.acquire() as conn, conn.transaction():
+                await queries.task_dispatch_key_lock(conn, waiter.worker_id, waiter.key)
+                task = await queries.task_dispatch(conn, waiter.worker_id, waiter.lease_seconds, waiter.key)
         return {} if task is None else {0: task}
 
     async def _give_back(self, task: Task) -> None:

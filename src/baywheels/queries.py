@@ -113,6 +113,10 @@ async def task_dispatch(conn: Conn, worker_id: str, lease_seconds: int, key: str
     return _one(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key))
 
 
+async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
+    await conn.execute(_TASK_DISPATCH_KEY_LOCK, worker_id, key)
+
+
 async def task_dispatch_many(
     conn: Conn, worker_ids: Sequence[str], lease_seconds: Sequence[int]
 ) -> dict[int, Task]:
@@ -202,6 +206,7 @@ _TASK_APPROVE_MANY = _q("task_approve_many", "many")
 _TASK_CANCEL = _q("task_cancel", "one")
 _TASK_COMPLETE = _q("task_complete", "one")
 _TASK_DISPATCH = _q("task_dispatch", "one")
+_TASK_DISPATCH_KEY_LOCK = _q("task_dispatch_key_lock", "exec")
 _TASK_DISPATCH_MANY = _q("task_dispatch_many", "many")
 _TASK_EVENT_LIST = _q("task_event_list", "many")
 _TASK_FAIL = _q("task_fail", "one")
