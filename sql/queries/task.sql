@@ -201,12 +201,17 @@ SELECT * FROM tasks WHERE suggestion_id = ANY($1::bigint[]);
 
 -- name: task_notify_due :one
 -- Wake long-polling workers when delayed or backed-off tasks became due since $1 (no trigger fires for the
--- mere passing of time). Returns the database's clock, the lower bound of the next call.
+-- mere passing of time). Returns the database's clock, the lower bound of the next call. It looks a minute
+-- further back: a task that fell due before its transaction committed was invisible to the check that
+-- covered its due time, and would otherwise never be announced. A repeat costs one NOTIFY per call, and only
+-- while a due task stays ready, i.e. while nobody is waiting for one.
 SELECT now() AS checked_at,
        (SELECT count(*) FROM (
             SELECT pg_notify('baywheels_task_ready', '')
             FROM tasks
-            WHERE status = 'ready' AND available_at > $1::timestamptz AND available_at <= now()
+            WHERE status = 'ready'
+              AND available_at > $1::timestamptz - interval '1 minute'
+              AND available_at <= now()
             LIMIT 1
        ) due) AS due;
 
