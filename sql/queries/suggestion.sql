@@ -43,6 +43,8 @@ upserted AS (
     INSERT INTO suggestions (from_station_id, to_station_id, qty, reason, priority, not_before)
     SELECT from_station_id, to_station_id, qty, reason, priority, not_before
     FROM eligible
+    -- New ids follow the input order, so the list (oldest first) shows a batch as it was posted.
+    ORDER BY ord
     ON CONFLICT ON CONSTRAINT suggestions_pair_key DO UPDATE
         SET qty = excluded.qty, reason = excluded.reason, priority = excluded.priority,
             not_before = excluded.not_before, updated_at = now()
