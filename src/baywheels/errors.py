@@ -8,6 +8,7 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match, Route
 
 from .responses import JSONResponse
 
@@ -73,7 +74,18 @@ async def _service_error(request: Request, exc: Exception) -> Response:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error_response(exc.status_code, exc.detail, exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # Starlette's Allow names the methods of the first route with this path only; GET and POST
+        # /suggestions are two routes.
+        allowed = {
+            method
+            for route in request.app.routes
+            if isinstance(route, Route) and route.matches(request.scope)[0] is Match.PARTIAL
+            for method in route.methods or ()
+        }
+        headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return error_response(exc.status_code, exc.detail, headers)
 
 
 async def _invalid_body(request: Request, exc: Exception) -> Response:
