@@ -1,7 +1,10 @@
 """The connection pool and the migration runner."""
 
+from typing import Any
+
 import asyncpg
 import structlog
+from asyncpg.pool import PoolAcquireContext
 
 from . import queries, sql
 from .settings import Settings
@@ -12,17 +15,38 @@ log = structlog.get_logger(__name__)
 SERVER_SETTINGS = {"application_name": "baywheels", "jit": "off"}
 
 
+class Pool(asyncpg.Pool):
+    """asyncpg's pool, but every acquire, also the one inside ``pool.fetch()`` and the like, gives up after
+    POOL_ACQUIRE_TIMEOUT with a TimeoutError (a 503) instead of waiting as long as the pool stays busy."""
+
+    __slots__ = ("_acquire_timeout",)
+
+    def __init__(self, dsn: str, *, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
     """Connections are opened lazily past POOL_MIN_SIZE and re-opened after the database restarts."""
-    pool = await asyncpg.create_pool(
+    # What asyncpg.create_pool does, with our class; the defaults it would pass are spelled out.
+    pool = Pool(
         dsn,
+        acquire_timeout=settings.pool_acquire_timeout,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,
         server_settings=SERVER_SETTINGS,
     )
-    assert pool is not None
+    await pool
     return pool
 
 
