@@ -66,7 +66,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         """The DSN with any password replaced, for logs."""
         if self.database_url is None:
             return "embedded"
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.database_url)
+        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.database_url)
+        # libpq and asyncpg also take the password as a query parameter.
+        return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
 
 
 def load(environ: Mapping[str, str] | None = None, env_file: str | Path = ".env") -> Settings:
