@@ -1,0 +1,87 @@
+"""A TCP proxy in front of PostgreSQL that a test can take down and bring back on the same port: the service
+sees its database vanish (connections cut, new ones refused) and return, without the database itself
+restarting."""
+
+import asyncio
+import contextlib
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+
+class Proxy:
+    """Listens on 127.0.0.1 and forwards each connection to PostgreSQL, over TCP or its unix socket."""
+
+    def __init__(self, database_url: str) -> None:
+        self._upstream = database_url
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+
+    def url(self) -> str:
+        """The upstream DSN with its host and port replaced by the proxy's."""
+        parts = urlsplit(self._upstream)
+        userinfo = parts.netloc.rpartition("@")[0]
+        query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("host", "port")]
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunsplit(parts._replace(netloc=netloc, query=urlencode(query)))
+
+    async def start(self) -> None:
+        """Listen (again) on the same port as before, or on a free one the first time."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Refuse new connections and cut every open one, both sides."""
+        if self._server is None:
+            return
+        self._server.close()
+        for writer in list(self._writers):
+            writer.transport.abort()
+        # Each handler ends once its sockets are gone; then the port is free to listen on again.
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        parts = urlsplit(self._upstream)
+        params = dict(parse_qsl(parts.query))
+        host = params.get("host") or parts.hostname or "localhost"
+        port = int(params.get("port") or parts.port or 5432)
+        if host.startswith("/"):
+            # libpq's convention: a host that is a directory holds the server's socket file.
+            return await asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        return await asyncio.open_connection(host, port)
+
+    async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        writers = [client_writer]
+        self._writers.add(client_writer)
+        try:
+            server_reader, server_writer = await self._open_upstream()
+            writers.append(server_writer)
+            self._writers.add(server_writer)
+            pipes = [
+                asyncio.ensure_future(self._pipe(client_reader, server_writer)),
+                asyncio.ensure_future(self._pipe(server_reader, client_writer)),
+            ]
+            # Either side closing ends the pair: the other side is cut too.
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            for pipe in pipes:
+                pipe.cancel()
+            await asyncio.gather(*pipes, return_exceptions=True)
+        except OSError:
+            pass  # the upstream refused: the client is cut below
+        finally:
+            for writer in writers:
+                writer.transport.abort()
+                self._writers.discard(writer)
+            self._handlers.discard(handler)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
