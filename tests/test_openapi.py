@@ -1,0 +1,116 @@
+"""/openapi.json describes every route of the table with consistent schemas, and the docs pages render from
+local files only."""
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from baywheels.routes import ENDPOINTS
+from helpers import TASK_KEYS, json_of
+
+PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+
+
+def refs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from refs(value)
+
+
+@pytest.fixture
+async def spec(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.headers["content-type"] == "application/json"
+    document: dict[str, Any] = json_of(response, 200)
+    return document
+
+
+def test_is_openapi_3_1(spec: dict[str, Any]) -> None:
+    assert spec["openapi"] == "3.1.0"
+    assert spec["info"]["title"] == "Bay Wheels Orchestration & Dispatch Service"
+
+
+def test_every_route_with_its_methods(spec: dict[str, Any]) -> None:
+    expected: dict[str, set[str]] = {}
+    for endpoint in ENDPOINTS:
+        expected.setdefault(PATH_PARAM.sub(r"{\1}", endpoint.path), set()).add(endpoint.method.lower())
+    assert {path: set(operations) for path, operations in spec["paths"].items()} == expected
+    assert "/task/{task_id}/complete" in spec["paths"]  # the path parameter's converter is not shown
+
+
+def test_operations_are_complete(spec: dict[str, Any]) -> None:
+    operation_ids = []
+    for endpoint in ENDPOINTS:
+        operation = spec["paths"][PATH_PARAM.sub(r"{\1}", endpoint.path)][endpoint.method.lower()]
+        operation_ids.append(operation["operationId"])
+        assert operation["summary"] == endpoint.summary
+        assert str(endpoint.status) in operation["responses"]
+        for status in endpoint.errors:
+            error = operation["responses"][str(status)]["content"]["application/json"]["schema"]
+            assert error == {"$ref": "#/components/schemas/Error"}
+        if endpoint.body is not None:
+            assert operation["requestBody"]["required"] is endpoint.body_required
+            assert operation["requestBody"]["content"]["application/json"]["schema"]
+        else:
+            assert "requestBody" not in operation
+        path_params = [p["name"] for p in operation.get("parameters", ()) if p["in"] == "path"]
+        assert path_params == PATH_PARAM.findall(endpoint.path)
+    assert len(set(operation_ids)) == len(operation_ids)
+
+
+def test_every_ref_names_a_component(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+    found = set(refs(spec))
+    assert found
+    assert found <= {f"#/components/schemas/{name}" for name in components}
+
+
+def test_schemas_match_the_bodies(spec: dict[str, Any]) -> None:
+    components = spec["components"]["schemas"]
+    assert set(components["Task"]["properties"]) == TASK_KEYS
+    assert components["Error"]["required"] == ["detail"]
+    ingest = spec["paths"]["/suggestions"]["post"]
+    assert ingest["requestBody"]["content"]["application/json"]["schema"] == {
+        "type": "array",
+        "items": {"$ref": "#/components/schemas/SuggestionIn"},
+        "minItems": 1,
+        "maxItems": 10000,
+    }
+    assert ingest["responses"]["201"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/IngestResult"
+    }
+    status = {p["name"]: p for p in spec["paths"]["/tasks"]["get"]["parameters"]}["status"]
+    assert "bogus" not in str(status["schema"])
+    assert "ready" in str(status["schema"])
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+async def test_docs_pages_load_local_assets(client: httpx.AsyncClient, page: str) -> None:
+    response = await client.get(page)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    html = response.text
+    assert "//" not in re.sub(r"<!doctype html>", "", html, flags=re.IGNORECASE)  # no CDN or other host
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(asset.startswith("/static/docs/") and asset.endswith(".js") for asset in assets)
+    for asset in assets:
+        loaded = await client.get(asset)
+        assert loaded.status_code == 200, asset
+        if asset.startswith("/static/docs/"):
+            assert len(loaded.content) > 10_000, asset  # the real bundle, not a stub
+    if page == "/docs":
+        assert any(asset.endswith(".css") for asset in assets)
+
+
+async def test_swagger_ui_reads_our_document(client: httpx.AsyncClient) -> None:
+    assert '"/openapi.json"' in (await client.get("/docs/init.js")).text
+    assert 'spec-url="/openapi.json"' in (await client.get("/redoc")).text

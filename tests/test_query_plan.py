@@ -1,0 +1,72 @@
+"""Dispatch reads the head of tasks_ready_idx, so its cost does not grow with the history of completed
+tasks. A regression here (a changed ORDER BY, a dropped index, a predicate the index cannot serve) shows up
+as a scan of the whole table."""
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from baywheels import sql
+
+COMPLETED = 20_000
+READY = 5
+
+
+def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from nodes(child)
+
+
+@pytest.fixture
+async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """Many completed tasks, each by its own worker, and a few ready ones; statistics up to date."""
+    await pool.execute(
+        "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, status, worker_id, "
+        "    assigned_at, completed_at) "
+        "SELECT g, g, g + 1000000, 1, 'done', 'completed', 'w' || g, now(), now() "
+        "FROM generate_series(1, $1::integer) g",
+        COMPLETED,
+    )
+    await pool.execute(
+        "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority) "
+        "SELECT g, g, g + 1000000, 1, 'todo', g % 3 "
+        "FROM generate_series($1::integer + 1, $1 + $2::integer) g",
+        COMPLETED,
+        READY,
+    )
+    await pool.execute("ANALYZE tasks")
+    return pool
+
+
+@pytest.mark.parametrize(
+    ("query", "args"),
+    [
+        ("task_dispatch", ("new-worker", 60, None)),
+        ("task_dispatch", ("new-worker", 60, "idempotency-key")),
+        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60])),
+    ],
+    ids=["single", "with idempotency key", "coalesced"],
+)
+async def test_dispatch_uses_the_ready_index(
+    history: asyncpg.Pool, query: str, args: tuple[Any, ...]
+) -> None:
+    explained = await history.fetchval(f"EXPLAIN (FORMAT JSON) {sql.text(query)}", *args)
+    plan = json.loads(explained)[0]["Plan"]
+    scans = [
+        node for node in nodes(plan) if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]
+    ]
+    assert any(node.get("Index Name") == "tasks_ready_idx" for node in scans), json.dumps(plan, indent=1)
+    assert not [node for node in scans if node["Node Type"] == "Seq Scan"], json.dumps(plan, indent=1)
+
+
+async def test_dispatch_takes_the_best_ready_task_among_the_history(history: asyncpg.Pool) -> None:
+    """The plan is not only cheap but right: of thousands of tasks, the highest-priority ready one."""
+    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None)
+    assert row is not None
+    assert (row["status"], row["priority"], row["worker_id"]) == ("assigned", 2, "new-worker")
+    # Ids follow g: the first ready task with g % 3 == 2.
+    assert row["id"] == next(g for g in range(COMPLETED + 1, COMPLETED + READY + 1) if g % 3 == 2)
