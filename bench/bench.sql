@@ -1,0 +1,92 @@
+-- Queries of the benchmark harness (`baywheels bench`), loaded with baywheels.sql.parse. They arrange state
+-- directly (a backlog made in one statement is set-up, not the thing measured) and read what PostgreSQL
+-- counts. {placeholders} are identifiers the harness fills in, quoted.
+
+-- name: bench_assigned :many
+-- Every assigned task and its holder: what the load generator's 200 bodies are compared with.
+SELECT id, worker_id FROM tasks WHERE status = 'assigned';
+
+-- name: bench_assigned_twice :one
+-- Tasks handed out more than once; always 0 in a run without lease expiry, releases or failures.
+SELECT count(*) FROM (
+    SELECT task_id FROM task_events WHERE event = 'assigned' GROUP BY task_id HAVING count(*) > 1
+) twice;
+
+-- name: bench_backend_pid :one
+-- The server process: a backend's parent. Its process tree is what "postgres CPU" adds up.
+SELECT pg_backend_pid() AS pid;
+
+-- name: bench_backlog_assign :exec
+-- Hand tasks 1..$1 to a worker each (for the completion benchmark), with a lease that outlasts the run.
+UPDATE tasks
+SET status = 'assigned', worker_id = 'bench-' || id, assigned_at = now(), lease_id = gen_random_uuid(),
+    lease_seconds = 86400, lease_expires_at = now() + interval '1 day'
+WHERE id <= $1 AND status = 'ready';
+
+-- name: bench_backlog_insert :exec
+-- Ready tasks $1..$2 in one statement, ids in dispatch order within each priority (0..2).
+INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority)
+SELECT g, 1 + g % 997, 1 + (g + 1) % 997, 1 + g % 5, 'benchmark backlog', g % 3
+FROM generate_series($1::bigint, $2::bigint) AS g;
+
+-- name: bench_database_create :exec
+CREATE DATABASE {name} TEMPLATE {template};
+
+-- name: bench_database_create_empty :exec
+CREATE DATABASE {name};
+
+-- name: bench_database_drop :exec
+DROP DATABASE IF EXISTS {name} WITH (FORCE);
+
+-- name: bench_database_sync_off :exec
+-- Commits stop waiting for the WAL flush, for new connections to this database only (not of record).
+ALTER DATABASE {name} SET synchronous_commit = off;
+
+-- name: bench_dispatch_rate :many
+-- Dispatches per $1-second bucket since the first, from assigned_at: the database's own clock, no sampling.
+WITH span AS (SELECT min(assigned_at) AS start FROM tasks WHERE status = 'assigned')
+SELECT floor(extract(epoch FROM assigned_at - span.start) / $1)::integer AS bucket, count(*) AS dispatched
+FROM tasks, span
+WHERE status = 'assigned'
+GROUP BY bucket
+ORDER BY bucket;
+
+-- name: bench_dispatch_window :one
+-- Dispatches within $1 seconds after the first and before the last assignment, and the span in seconds.
+WITH span AS (
+    SELECT min(assigned_at) AS first, max(assigned_at) AS last FROM tasks WHERE status = 'assigned'
+)
+SELECT span.first, span.last,
+       count(*) FILTER (WHERE assigned_at < span.first + make_interval(secs => $1)) AS first_window,
+       count(*) FILTER (WHERE assigned_at > span.last - make_interval(secs => $1)) AS last_window,
+       extract(epoch FROM span.last - span.first)::float8 AS span_seconds
+FROM tasks, span
+WHERE status = 'assigned'
+GROUP BY span.first, span.last;
+
+-- name: bench_dispatched_between :one
+SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_at >= $1 AND assigned_at < $2;
+
+-- name: bench_pg_settings :many
+SELECT name, setting, coalesce(unit, '') AS unit FROM pg_settings WHERE name = ANY($1::text[]) ORDER BY name;
+
+-- name: bench_queue_stats :one
+-- The queue table's bloat and the ready index's buffer traffic, with the database's clock.
+SELECT clock_timestamp() AS at, t.n_live_tup, t.n_dead_tup, t.n_tup_upd, t.n_tup_hot_upd, t.autovacuum_count,
+       t.autoanalyze_count, i.idx_blks_read + i.idx_blks_hit AS ready_idx_blocks,
+       pg_relation_size('tasks') AS table_bytes, pg_relation_size('tasks_ready_idx') AS ready_idx_bytes
+FROM pg_stat_user_tables t, pg_statio_user_indexes i
+WHERE t.relname = 'tasks' AND i.indexrelname = 'tasks_ready_idx';
+
+-- name: bench_server_version :one
+SELECT current_setting('server_version') AS version;
+
+-- name: bench_status_counts :many
+SELECT status, count(*) AS n FROM tasks GROUP BY status;
+
+-- name: bench_transactions :one
+-- Transactions committed or rolled back in database $1 so far (counted by every backend of it).
+SELECT xact_commit + xact_rollback AS xacts FROM pg_stat_database WHERE datname = $1;
+
+-- name: bench_vacuum_analyze :exec
+VACUUM ANALYZE tasks;
