@@ -26,7 +26,8 @@ def bin_dir() -> Path:
 
 
 def script(query: str = "task_dispatch") -> str:
-    text = sql.text(query)
+    # Without its comment lines, whose words may name the parameters too.
+    text = "\n".join(line for line in sql.text(query).splitlines() if not line.lstrip().startswith("--"))
 
     def variable(match: re.Match[str]) -> str:
         if match[0] not in PARAMETERS:

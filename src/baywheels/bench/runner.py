@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from .. import logs
 from .. import settings as config
 from . import pgbench
 from .database import Server, connect, q
@@ -123,7 +124,11 @@ def write(out_dir: Path, report: dict[str, Any]) -> Path:
     return out
 
 
-async def run(cfg: Config, only: Sequence[str], loadgen: str, out_dir: Path, keep: bool) -> int:
+async def run(
+    cfg: Config, only: Sequence[str], loadgen: str, out_dir: Path, keep: bool, dsn: str | None = None
+) -> int:
+    """Everything on the server ``dsn`` points to (databases are created and dropped on it), or on an
+    embedded server when it is None."""
     started = time.monotonic()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     # A thousand long-polling connections on each side; the service inherits the limit.
@@ -136,7 +141,6 @@ async def run(cfg: Config, only: Sequence[str], loadgen: str, out_dir: Path, kee
         print("wrk not available: using the asyncio client (more CPU per request; see docs/benchmarks.md)")
     workdir = Path(tempfile.mkdtemp(prefix="baywheels-bench-"))
     embedded = None
-    dsn = os.environ.get("DATABASE_URL")
     if not dsn:
         from ..embedded import EmbeddedPostgres
 
@@ -202,6 +206,7 @@ async def run(cfg: Config, only: Sequence[str], loadgen: str, out_dir: Path, kee
 
 def main(quick: bool, only: Sequence[str], loadgen: str, out_dir: Path, keep: bool) -> int:
     cfg = QUICK if quick else FULL
+    logs.configure("warning", "console")
     unknown = set(only) - set(SCENARIOS)
     if unknown:
         print(
@@ -209,4 +214,4 @@ def main(quick: bool, only: Sequence[str], loadgen: str, out_dir: Path, keep: bo
             file=sys.stderr,
         )
         return 2
-    return asyncio.run(run(cfg, only, loadgen, out_dir, keep))
+    return asyncio.run(run(cfg, only, loadgen, out_dir, keep, os.environ.get("DATABASE_URL")))

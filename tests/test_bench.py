@@ -1,0 +1,137 @@
+"""The benchmark harness keeps working: every scenario runs at a tiny scale against the test server, the
+exactly-once check passes and can fail, and the table has its rows. No timing is asserted."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from baywheels import sql
+from baywheels.bench import pgbench, runner
+from baywheels.bench.database import Server
+from baywheels.bench.loadgen import LoadGen
+from baywheels.bench.report import Table
+from baywheels.bench.scenarios import QUICK, SCENARIOS, Context, check_dispatch
+
+TINY = replace(
+    QUICK,
+    levels=(1, 4),
+    sync_off_levels=(4,),
+    backlog=20_000,
+    ingest_batches=1,
+    batch_size=1_000,
+    op_connections=4,
+    complete_tasks=3_000,
+    pollers=20,
+    idle_window=0.2,
+    wakeups=5,
+    sustained_duration=2,
+    sustained_connections=4,
+    sustained_backlog=10_000,
+)
+
+ROWS = [
+    "DB ceiling: pgbench task_dispatch, tps",
+    "HTTP ceiling: GET /healthz, req/s",
+    "service: POST /dispatch/next, /s",
+    "service / DB ceiling",
+    "service / HTTP ceiling",
+    "service / best DB ceiling of the row",
+    "dispatch latency p50, ms",
+    "dispatch latency p95, ms",
+    "dispatch latency p99, ms",
+    "dispatch latency max, ms",
+    "pgbench latency p50 / p99, ms",
+    "errors (non-200 + socket)",
+    "exactly once (in flight at stop)",
+    "service RSS under 4 dispatchers",
+    "ingest, 1,000-item POST /suggestions",
+    "approve, POST /task/approve (c=4)",
+    "approve, POST /tasks/approve x100 (c=4)",
+    "complete, POST /task/{id}/complete (c=4)",
+    "idle DB transactions/s: 0 vs 20 waiting",
+    "service RSS: 0 vs 20 waiting",
+    "wake-up, approve sent -> worker answered",
+    "first 1 s -> last 1 s, dispatches/s",
+    "ready-index blocks per dispatch, first -> last",
+]
+
+
+def written(folder: Path) -> dict[str, Any]:
+    [path] = folder.glob("*-quick.json")
+    report: dict[str, Any] = json.loads(path.read_text())
+    return report
+
+
+async def test_every_scenario_runs_and_the_invariant_holds(
+    server_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The asyncio client: wrk may not be installed where the tests run (the harness installs it itself).
+    code = await runner.run(TINY, [], "asyncio", tmp_path, keep=False, dsn=server_dsn)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = written(tmp_path)
+    assert set(report["results"]) == {
+        "dispatch",
+        "dispatch_sync_off",
+        "ingest",
+        "approve",
+        "complete",
+        "longpoll",
+        "sustained",
+    }
+    assert len(report["invariants"]) == 12
+    assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
+    table = report["table"]
+    assert table in printed
+    lines = {line.strip().split("  ")[0]: line for line in table.splitlines()}
+    assert set(ROWS) <= set(lines), sorted(set(ROWS) - set(lines))
+    # The asyncio client waits for its last answers, so nothing is in flight when it stops.
+    checks = [line.split()[-4:] for line in table.splitlines() if "exactly once" in line]
+    assert checks == [["ok", "(0)", "ok", "(0)"], ["stop)", "-", "ok", "(0)"]]
+    assert sorted(report["results"]["dispatch"]["points"]) == ["1", "4"]
+    assert set(SCENARIOS) == {
+        "dispatch",
+        "dispatch_sync_off",
+        "ingest_approve",
+        "complete",
+        "longpoll",
+        "sustained",
+    }
+
+
+def test_the_pgbench_script_is_the_dispatch_statement() -> None:
+    script = pgbench.script()
+    statement = "\n".join(
+        line for line in sql.text("task_dispatch").splitlines() if not line.lstrip().startswith("--")
+    )
+    assert "NULL::text" not in statement
+    assert "$" not in script
+    assert script.count(":worker") == statement.count("$1") > 0
+    assert script.count(":lease") == statement.count("$2") > 0
+    # Nothing but the parameters differs.
+    body = script.split("\\set lease 1800\n", 1)[1]
+    restored = body.replace(":worker", "$1").replace(":lease", "$2").replace("NULL::text", "$3::text")
+    assert restored.strip() == statement.strip()
+
+
+async def test_the_exactly_once_check_catches_a_task_handed_out_twice_or_to_another(
+    server_dsn: str, database_url: str, tmp_path: Path
+) -> None:
+    server = Server(server_dsn)
+    await server.execute(database_url, "bench_backlog_insert", 1, 3)
+    await server.execute(database_url, "bench_backlog_assign", 2)
+    ctx = Context(TINY, server, LoadGen(None, tmp_path), tmp_path, None, Table(["c=1"]))
+
+    async def ok(seen: list[tuple[int, str]], connections: int, backlog: int = 3) -> bool:
+        result = await check_dispatch(ctx, "t", database_url, seen, connections, backlog)
+        return bool(result["ok"])
+
+    assert await ok([(1, "bench-1"), (2, "bench-2")], 0)
+    assert await ok([(1, "bench-1")], 1)  # one answer still in flight when the generator stopped
+    assert not await ok([(1, "bench-1")], 0)  # ... but none can be
+    assert not await ok([(1, "bench-1"), (1, "bench-1"), (2, "bench-2")], 0)  # handed out twice
+    assert not await ok([(1, "bench-2"), (2, "bench-2")], 0)  # answered to a worker who does not hold it
+    assert not await ok([(1, "bench-1"), (2, "bench-2")], 0, backlog=4)  # a task lost
