@@ -167,7 +167,9 @@ async def run(
         )
         for name, scenario in SCENARIOS.items():
             if not only or name in only:
+                begun = time.monotonic()
                 await scenario(ctx)
+                print(f"  ({name}: {time.monotonic() - begun:.1f} s)", flush=True)
     finally:
         await server.drop_all()
         if embedded is not None:
