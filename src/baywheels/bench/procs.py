@@ -93,7 +93,7 @@ def machine_busy_seconds() -> tuple[float, float]:
 @dataclass
 class CpuMeter:
     """CPU used by named processes over a window, in % of one core (2 cores = 200 %). ``other`` is the rest
-    of the machine's busy time: the harness itself and anything else running on it."""
+    of the machine's busy time: the kernel's own work and any other process on the machine."""
 
     sources: Mapping[str, Callable[[], float]]
     _start: dict[str, float] = field(default_factory=dict)

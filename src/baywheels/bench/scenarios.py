@@ -5,6 +5,7 @@ records its figures in ``ctx.results[name]``, adds its rows to the table and its
 import asyncio
 import contextlib
 import itertools
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -130,7 +131,8 @@ class Context:
             await svc.stop()
 
     def meter(self, service: Service | None) -> CpuMeter:
-        sources: dict[str, Callable[[], float]] = {}
+        harness = os.getpid()
+        sources: dict[str, Callable[[], float]] = {"harness": lambda: cpu_seconds(harness)}
         if service is not None:
             pid = service.pid
             sources["service"] = lambda: cpu_seconds(pid)
