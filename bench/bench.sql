@@ -71,7 +71,8 @@ GROUP BY span.first, span.last;
 SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_at >= $1 AND assigned_at < $2;
 
 -- name: bench_pg_settings :many
-SELECT name, setting, coalesce(unit, '') AS unit FROM pg_settings WHERE name = ANY($1::text[]) ORDER BY name;
+-- current_setting() gives each value with its unit, as postgresql.conf would (256MB, not 32768 x 8kB).
+SELECT name, current_setting(name) AS setting FROM pg_settings WHERE name = ANY($1::text[]) ORDER BY name;
 
 -- name: bench_queue_stats :one
 -- The queue table's bloat and the ready index's buffer traffic, with the database's clock.

@@ -78,10 +78,7 @@ def _tool_version(command: list[str]) -> str:
 async def environment(server: Server, wrk: str | None) -> dict[str, Any]:
     defaults = config.Settings()
     version = (await server.fetchrow(server.dsn, "bench_server_version"))[0]
-    pg = {
-        r["name"]: r["setting"] + r["unit"]
-        for r in await server.fetch(server.dsn, "bench_pg_settings", PG_SETTINGS)
-    }
+    pg = {r["name"]: r["setting"] for r in await server.fetch(server.dsn, "bench_pg_settings", PG_SETTINGS)}
     return {
         "machine": {
             "nproc": os.cpu_count(),
