@@ -82,18 +82,20 @@ def tree_cpu_seconds(root: int) -> float:
     return total
 
 
-def machine_busy_seconds() -> tuple[float, float]:
-    """(busy, total) CPU seconds of all cores since boot."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]
-    total = sum(values[:8])
-    return (total - idle) / TICK, total / TICK
+def machine_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of all cores since boot. Steal is time the hypervisor gave our virtual CPUs
+    to someone else: on a shared host, the noise in a run."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + irq + softirq) / TICK, steal / TICK
 
 
 @dataclass
 class CpuMeter:
     """CPU used by named processes over a window, in % of one core (2 cores = 200 %). ``other`` is the rest
-    of the machine's busy time: the kernel's own work and any other process on the machine."""
+    of the machine's busy time (the kernel's own work, such as loopback networking, and any other process);
+    ``steal`` the time the hypervisor ran someone else on our virtual CPUs."""
 
     sources: Mapping[str, Callable[[], float]]
     _start: dict[str, float] = field(default_factory=dict)
@@ -106,7 +108,7 @@ class CpuMeter:
                 values[name] = read()
             except OSError:
                 values[name] = self._start.get(name, 0.0)
-        values["machine"] = machine_busy_seconds()[0]
+        values["machine"], values["steal"] = machine_seconds()
         return values
 
     def start(self) -> None:
@@ -119,10 +121,11 @@ class CpuMeter:
         wall = max(time.monotonic() - self._wall, 1e-9)
         used = {name: end[name] - self._start[name] for name in end}
         used.update(extra or {})
-        busy = used.pop("machine")
+        busy, steal = used.pop("machine"), used.pop("steal")
         shares = {name: round(100 * seconds / wall, 1) for name, seconds in used.items()}
         shares["other"] = round(max(0.0, 100 * (busy - sum(used.values())) / wall), 1)
-        shares["idle"] = round(max(0.0, 100 * (os.cpu_count() or 1) - 100 * busy / wall), 1)
+        shares["steal"] = round(100 * steal / wall, 1)
+        shares["idle"] = round(max(0.0, 100 * (os.cpu_count() or 1) - 100 * (busy + steal) / wall), 1)
         return shares
 
 
