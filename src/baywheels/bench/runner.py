@@ -199,9 +199,7 @@ async def run(
         "table": ctx.table.render(),
     }
     out = await asyncio.to_thread(write, out_dir, report)
-    print(
-        f"results: {out}   ({elapsed:.0f} s; CPU stolen by the hypervisor over the run: {steal:.0f} %)"
-    )
+    print(f"results: {out}   ({elapsed:.0f} s; CPU stolen by the hypervisor over the run: {steal:.0f} %)")
     if keep:
         print(f"logs: {workdir}")
     else:
