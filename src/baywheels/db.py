@@ -29,6 +29,13 @@ class Pool(asyncpg.Pool):
         return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release a connection without asyncpg's reset query (``RESET ALL; UNLISTEN *; ...``), a second round
+    trip for every statement. Pool connections never change session state: LISTEN and session advisory locks
+    live on their own connections (dispatcher, reaper, migrate). asyncpg still rolls back an open
+    transaction before calling this."""
+
+
 async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
     """Connections are opened lazily past POOL_MIN_SIZE and re-opened after the database restarts."""
     # What asyncpg.create_pool does, with our class; the defaults it would pass are spelled out.
@@ -45,6 +52,7 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,
         server_settings=SERVER_SETTINGS,
+        reset=_keep_session,
     )
     await pool
     return pool
