@@ -28,7 +28,7 @@ latest AS (
     FROM input
     ORDER BY from_station_id, to_station_id, ord DESC
 ),
--- A pair with an open task is not suggested again until that task is done.
+-- A pair with an open (ready, assigned or stalled) task is not suggested again until that task is done.
 eligible AS (
     SELECT *
     FROM latest l
@@ -36,7 +36,7 @@ eligible AS (
         SELECT 1 FROM tasks t
         WHERE t.from_station_id = l.from_station_id
           AND t.to_station_id = l.to_station_id
-          AND t.status IN ('ready', 'assigned', 'stalled')
+          AND t.is_open
     )
 ),
 upserted AS (
