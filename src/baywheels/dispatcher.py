@@ -11,6 +11,7 @@ new task costs one statement, not one per sleeper.
 """
 
 import asyncio
+import contextvars
 import itertools
 from collections import deque
 from collections.abc import Coroutine
@@ -170,7 +171,8 @@ class Dispatcher:
             self._spawn(self._run(batch))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
+        # A statement serves many requests: it must not log under the request id of the one that started it.
+        task = asyncio.create_task(coro, context=contextvars.Context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -179,15 +181,17 @@ class Dispatcher:
         try:
             results = await self._dispatch(batch)
         except Exception as exc:
+            self._inflight -= 1
             for waiter in batch:
                 if not waiter.future.done():
                     waiter.future.set_exception(exc)
-            # Tasks this statement had locked are free again, unannounced.
+            # Tasks this statement had locked are free again, unannounced; and the requests queued behind it
+            # must not wait for another request to come and pump.
             self._notifications += 1
             self._wake(self._settings.dispatch_batch_max)
+            self._pump()
             return
-        finally:
-            self._inflight -= 1
+        self._inflight -= 1
         now = asyncio.get_running_loop().time()
         again: list[Waiter] = []
         for index, waiter in enumerate(batch):
@@ -227,5 +231,12 @@ class Dispatcher:
     async def _give_back(self, task: Task) -> None:
         """The waiter left while its statement ran: hand the task straight back."""
         assert task.worker_id is not None
-        await queries.task_release(self._pool, task.id, task.worker_id, task.lease_id, "client disconnected")
-        log.info("task_given_back", task_id=task.id, worker_id=task.worker_id)
+        try:
+            await queries.task_release(
+                self._pool, task.id, task.worker_id, task.lease_id, "client disconnected"
+            )
+        except Exception:
+            # The lease still runs out, and the reaper hands the task out again.
+            log.exception("task_give_back_failed", task_id=task.id, worker_id=task.worker_id)
+        else:
+            log.info("task_given_back", task_id=task.id, worker_id=task.worker_id)
