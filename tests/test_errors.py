@@ -173,3 +173,22 @@ async def test_unexpected_error_is_500_without_details(
     assert response.headers["x-request-id"] == "trace-500"
     # The service goes on serving.
     assert json_of(await client.get("/healthz"), 200) == {"status": "ok"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "detail"),
+    [
+        ("POST", "/dispatch/next", {"worker_id": "van\u00007"}, "$.worker_id"),
+        ("POST", "/suggestions", [item(1, 2, reason="empty\u0000soon")], "$[0].reason"),
+        ("POST", "/task/1/fail", {"worker_id": "van-7", "error": "jam\u0000med"}, "$.error"),
+        ("POST", "/task/1/cancel", {"reason": "\u0000"}, "$.reason"),
+        ("GET", "/tasks?worker_id=van%007", None, "$.worker_id"),
+    ],
+    ids=["worker_id", "reason", "error", "cancel reason", "query"],
+)
+async def test_nul_in_text_is_400_naming_the_field(
+    client: httpx.AsyncClient, method: str, path: str, body: object, detail: str
+) -> None:
+    """PostgreSQL text cannot hold NUL; the request is refused before it reaches the database."""
+    response = await client.request(method, path, json=body)
+    assert_error(response, 400, f"Expected `str` matching regex '^[^\\x00]*$' - at `{detail}`")

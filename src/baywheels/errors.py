@@ -98,6 +98,11 @@ async def _unique_violation(request: Request, exc: Exception) -> Response:
     return error_response(409, detail)
 
 
+async def _nul_in_text(request: Request, exc: Exception) -> Response:
+    # The request Structs refuse NUL by field; this catches any text that reaches PostgreSQL another way.
+    return error_response(400, "Text must not contain the NUL character (\\u0000)")
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
     retry_after = str(request.app.state.settings.retry_after)
@@ -110,5 +115,6 @@ EXCEPTION_HANDLERS = {
     msgspec.ValidationError: _invalid_body,
     msgspec.DecodeError: _invalid_body,
     asyncpg.UniqueViolationError: _unique_violation,
+    asyncpg.CharacterNotInRepertoireError: _nul_in_text,
     **dict.fromkeys(DATABASE_UNAVAILABLE, _database_unavailable),
 }

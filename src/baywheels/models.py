@@ -16,12 +16,17 @@ Qty = Annotated[int, Meta(ge=1, le=INT32_MAX, description="Number of bikes to mo
 Priority = Annotated[
     int, Meta(ge=-INT32_MAX, le=INT32_MAX, description="Higher is dispatched first; 0 by default.")
 ]
-Reason = Annotated[str, Meta(max_length=2000, description="Why the move is suggested.")]
-WorkerId = Annotated[str, Meta(min_length=1, max_length=64, description="The field worker's id.")]
+# PostgreSQL text cannot hold NUL: refused here, naming the field, rather than failing the statement (for a
+# coalesced dispatch, that would fail every worker in it).
+NO_NUL = "^[^\x00]*$"
+Reason = Annotated[str, Meta(max_length=2000, pattern=NO_NUL, description="Why the move is suggested.")]
+WorkerId = Annotated[
+    str, Meta(min_length=1, max_length=64, pattern=NO_NUL, description="The field worker's id.")
+]
 Limit = Annotated[int, Meta(ge=1, le=1000, description="Page size.")]
 TaskStatus = Literal["ready", "assigned", "completed", "failed", "canceled", "stalled"]
 LeaseSeconds = Annotated[int, Meta(ge=1, le=86400, description="Lease length in seconds.")]
-Note = Annotated[str, Meta(max_length=2000)]
+Note = Annotated[str, Meta(max_length=2000, pattern=NO_NUL)]
 NotBefore = Annotated[datetime, Meta(tz=True, description="Not dispatched before this time (RFC 3339).")]
 
 
@@ -135,7 +140,7 @@ class FailRequest(Model, frozen=True, kw_only=True):
 
     worker_id: WorkerId
     lease_id: UUID | None = None
-    error: Annotated[str, Meta(min_length=1, max_length=2000)]
+    error: Annotated[str, Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
 
 
 class OperatorRequest(Model, frozen=True, kw_only=True):
