@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from baywheels.settings import Settings, SettingsError, load
+from baywheels.settings import Settings, SettingsError, load, override
 
 
 @pytest.fixture
@@ -78,6 +78,10 @@ def test_environment_wins_over_env_file(tmp_path: Path) -> None:
         ({"ACCESS_LOG": "maybe"}, "invalid ACCESS_LOG='maybe': Expected `bool`, got `str`"),
         ({"MAX_BODY_BYTES": "10"}, "invalid MAX_BODY_BYTES='10': Expected `int` >= 1024"),
         (
+            {"DATABASE_URL": "mysql://app:s3cret@db/bikes"},
+            "invalid DATABASE_URL: not a postgresql:// or postgres:// URL",
+        ),
+        (
             {"POOL_MIN_SIZE": "30", "POOL_MAX_SIZE": "20"},
             "invalid settings: POOL_MIN_SIZE must not exceed POOL_MAX_SIZE",
         ),
@@ -87,6 +91,17 @@ def test_invalid_values_name_the_variable(no_env_file: Path, environ: dict[str, 
     with pytest.raises(SettingsError) as raised:
         load(environ, env_file=no_env_file)
     assert str(raised.value) == message
+
+
+def test_command_line_options_override_and_are_validated(no_env_file: Path) -> None:
+    settings = load({"PORT": "9001"}, env_file=no_env_file)
+    assert override(settings, host=None, port=None) == settings
+    assert (override(settings, host="0.0.0.0", port=0).host, override(settings, port=0).port) == (
+        "0.0.0.0",
+        0,
+    )
+    with pytest.raises(SettingsError, match=r"^invalid PORT=70000: Expected `int` <= 65535$"):
+        override(settings, port=70000)
 
 
 def test_serve_with_a_bad_port_exits_2_naming_it(tmp_path: Path) -> None:

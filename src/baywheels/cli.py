@@ -110,14 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     try:
-        settings = config.load()
+        settings = config.override(
+            config.load(), host=getattr(args, "host", None), port=getattr(args, "port", None)
+        )
     except config.SettingsError as exc:
         print(f"baywheels: {exc}", file=sys.stderr)
         return 2
-    overrides = {
-        k: v for k, v in (("host", args.__dict__.get("host")), ("port", args.__dict__.get("port"))) if v
-    }
-    settings = msgspec.structs.replace(settings, **overrides)
     logs.configure(settings.log_level, settings.log_format)
     if args.command == "serve":
         serve(settings, migrate=not args.no_migrate)

@@ -18,13 +18,14 @@ class SettingsError(Exception):
 Seconds = Annotated[float, Meta(gt=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PoolSize = Annotated[int, Meta(ge=0, le=1000)]
+DatabaseUrl = Annotated[str, Meta(pattern="^postgres(ql)?://", description="postgresql://user:pass@host/db")]
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Each field is read from the upper-case environment variable of the same name."""
 
     # Unset: `serve` starts an embedded PostgreSQL under DATA_DIR.
-    database_url: str | None = None
+    database_url: DatabaseUrl | None = None
     host: str = "127.0.0.1"
     port: Port = 8000
     data_dir: str = ".data"
@@ -75,11 +76,21 @@ def load(environ: Mapping[str, str] | None = None, env_file: str | Path = ".env"
     """Environment variables win over the ``.env`` file; unknown variables are ignored."""
     environ = os.environ if environ is None else environ
     file_values = Config(env_file).file_values if Path(env_file).is_file() else {}
-    raw: dict[str, str] = {}
+    raw: dict[str, object] = {}
     for field in Settings.__struct_fields__:
         value = environ.get(field.upper(), file_values.get(field.upper()))
         if value is not None and value != "":
             raw[field] = value
+    return _settings(raw)
+
+
+def override(settings: Settings, **values: object) -> Settings:
+    """``settings`` with the given fields replaced (the CLI's options), validated like the environment."""
+    given = {name: value for name, value in values.items() if value is not None}
+    return _settings({**msgspec.structs.asdict(settings), **given}) if given else settings
+
+
+def _settings(raw: dict[str, object]) -> Settings:
     try:
         # strict=False parses "8000" as an int and "true"/"false" as a bool.
         return msgspec.convert(raw, Settings, strict=False)
@@ -89,5 +100,7 @@ def load(environ: Mapping[str, str] | None = None, env_file: str | Path = ".env"
         if match:
             name = match[1].upper()
             message = message[: match.start()]
+            if name == "DATABASE_URL":  # may carry a password: never echoed
+                raise SettingsError("invalid DATABASE_URL: not a postgresql:// or postgres:// URL") from None
             raise SettingsError(f"invalid {name}={raw.get(match[1])!r}: {message}") from None
         raise SettingsError(f"invalid settings: {message}") from None
