@@ -22,9 +22,8 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
         yield from nodes(child)
 
 
-@pytest.fixture
-async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
-    """Many completed tasks, each by its own worker, and a few ready ones; statistics up to date."""
+async def insert_completed(pool: asyncpg.Pool) -> None:
+    """Tasks 1..COMPLETED, done, each by its own worker."""
     await pool.execute(
         "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, status, worker_id, "
         "    assigned_at, completed_at) "
@@ -32,6 +31,12 @@ async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
         "FROM generate_series(1, $1::integer) g",
         COMPLETED,
     )
+
+
+@pytest.fixture
+async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """Many completed tasks, each by its own worker, and a few ready ones; statistics up to date."""
+    await insert_completed(pool)
     await pool.execute(
         "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority) "
         "SELECT g, g, g + 1000000, 1, 'todo', g % 3 "
@@ -82,13 +87,7 @@ async def morning_burst(pool: asyncpg.Pool) -> asyncpg.Pool:
     """Statistics taken on a quiet night (history only, no open task), then a burst of assignments that
     autoanalyze has not caught up with: the planner believes the partial indexes on open tasks are empty."""
     await pool.execute("ALTER TABLE tasks SET (autovacuum_enabled = off)")
-    await pool.execute(
-        "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, status, worker_id, "
-        "    assigned_at, completed_at) "
-        "SELECT g, g, g + 1000000, 1, 'done', 'completed', 'w' || g, now(), now() "
-        "FROM generate_series(1, $1::integer) g",
-        COMPLETED,
-    )
+    await insert_completed(pool)
     await pool.execute("ANALYZE tasks")
     await pool.execute(
         "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, status, worker_id, "
