@@ -91,6 +91,10 @@ def test_schemas_match_the_bodies(spec: dict[str, Any]) -> None:
     status = {p["name"]: p for p in spec["paths"]["/tasks"]["get"]["parameters"]}["status"]
     assert "bogus" not in str(status["schema"])
     assert "ready" in str(status["schema"])
+    dispatch = spec["paths"]["/dispatch/next"]["post"]
+    assert [(p["name"], p["in"], p["required"]) for p in dispatch["parameters"]] == [
+        ("Idempotency-Key", "header", False)
+    ]
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])

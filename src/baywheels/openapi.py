@@ -49,6 +49,16 @@ def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any]
             {"name": name, "in": "query", "required": name in required, "schema": prop}
             for name, prop in query["properties"].items()
         ]
+    parameters += [
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "description": description,
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+        }
+        for name, description in endpoint.headers
+    ]
     if parameters:
         operation["parameters"] = parameters
     if endpoint.body is not None:

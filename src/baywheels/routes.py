@@ -49,6 +49,7 @@ class Endpoint:
     status: int = 200
     errors: tuple[int, ...] = ()
     description: str = ""
+    headers: tuple[tuple[str, str], ...] = ()  # request headers it reads: (name, description)
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method], name=self.handler.__name__)
@@ -126,6 +127,13 @@ ENDPOINTS = (
             "`wait_seconds` the request waits up to that long and answers the moment a task is ready. The "
             "task is leased for `lease_seconds` (default TASK_LEASE_SECONDS): heartbeat to keep it. An "
             "`Idempotency-Key` header makes a retry by the same worker return the task it already holds."
+        ),
+        headers=(
+            (
+                "Idempotency-Key",
+                "1 to 128 printable ASCII characters, no spaces. A retry by the same worker with the same "
+                "key gets the task it holds under that key, for as long as it holds it, not a second one.",
+            ),
         ),
     ),
     Endpoint(
