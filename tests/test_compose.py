@@ -431,6 +431,8 @@ def test_wheel_holds_the_package_and_every_sql_file(wheel: Path) -> None:
     assert {name for name in names if name.startswith("baywheels/sql/")} == sql_files
     assert any(name.startswith("baywheels/sql/queries/") for name in sql_files)
     assert any(name.startswith("baywheels/sql/migrations/") for name in sql_files)
+    assert "baywheels/sql/bench/bench.sql" in names
+    assert "baywheels/bench/wrk.lua" in names  # `baywheels bench` runs from an installed wheel
     modules = {
         f"baywheels/{p.relative_to(ROOT / 'src/baywheels').as_posix()}" for p in (ROOT / "src").rglob("*.py")
     }

@@ -1,6 +1,6 @@
 """A minimal HTTP/1.1 keep-alive client on raw asyncio streams, and the closed-loop load generator built on
 it (the fallback when wrk is not installed: ``python -m baywheels.bench.client``, same arguments and output
-as ``bench/wrk.lua``). httpx would spend more CPU per request than the service does."""
+as ``wrk.lua`` beside this module). httpx would spend more CPU per request than the service does."""
 
 import argparse
 import asyncio

@@ -5,7 +5,6 @@ import itertools
 import os
 from collections.abc import Sequence
 from functools import cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -13,7 +12,7 @@ import asyncpg
 
 from .. import db, sql
 
-SQL_FILE = Path(__file__).resolve().parents[3] / "bench" / "bench.sql"
+SQL_FILE = sql.sql_dir() / "bench" / "bench.sql"
 
 
 @cache
@@ -22,7 +21,7 @@ def _queries() -> dict[str, sql.Query]:
 
 
 def q(name: str, /, **identifiers: str) -> str:
-    """A query of bench/bench.sql, with {placeholders} filled by quoted identifiers."""
+    """A query of sql/bench/bench.sql, with {placeholders} filled by quoted identifiers."""
     quoted = {key: '"' + value.replace('"', '""') + '"' for key, value in identifiers.items()}
     return _queries()[name].text.format(**quoted) if quoted else _queries()[name].text
 

@@ -1,4 +1,4 @@
-"""The load generator: wrk with bench/wrk.lua (compiled, two threads: a fraction of a core at the service's
+"""The load generator: wrk with ``wrk.lua`` (compiled, two threads: a fraction of a core at the service's
 ceiling), or the asyncio client in a separate process when wrk cannot be had. Both write the same JSON."""
 
 import asyncio
@@ -12,7 +12,7 @@ import msgspec
 from .procs import run_tool
 from .stats import LoadResult
 
-LUA = Path(__file__).resolve().parents[3] / "bench" / "wrk.lua"
+LUA = Path(__file__).resolve().parent / "wrk.lua"
 # Longer than any answer we expect, so that a slow one is measured rather than dropped as a timeout.
 TIMEOUT = "30s"
 _runs = itertools.count(1)
@@ -37,7 +37,7 @@ class LoadGen:
         return "wrk" if self.wrk else "asyncio client"
 
     async def run(self, port: int, mode: str, connections: int, duration: float, *params: object) -> Load:
-        """``connections`` concurrent clients for ``duration`` seconds; see bench/wrk.lua for the modes."""
+        """``connections`` concurrent clients for ``duration`` seconds; see wrk.lua for the modes."""
         out = self.workdir / f"{next(_runs):03d}-{mode}-c{connections}.json"
         if self.wrk:
             threads = min(2, connections)

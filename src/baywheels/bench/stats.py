@@ -17,7 +17,7 @@ class Latency(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class LoadResult(msgspec.Struct, frozen=True, kw_only=True):
-    """The JSON that bench/wrk.lua's done() and the asyncio client write."""
+    """The JSON that wrk.lua's done() and the asyncio client write."""
 
     requests: int
     duration_s: float
