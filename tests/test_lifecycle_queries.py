@@ -152,10 +152,11 @@ async def test_expired_lease_at_max_attempts_dead_letters_the_task(pool: asyncpg
 
     assert (rescued.status, rescued.last_error, rescued.worker_id) == ("failed", "lease expired", "w3")
     assert await queries.task_dispatch(pool, "w4", 60, None) is None
-    assert [e for e in await events(pool, task.id) if e[0] == "lease_expired"] == [
+    assert [e for e in await events(pool, task.id) if e[0] in ("lease_expired", "failed")] == [
         ("lease_expired", "w1", "ready"),
         ("lease_expired", "w2", "ready"),
         ("lease_expired", "w3", "failed"),
+        ("failed", "w3", "lease expired"),
     ]
 
 

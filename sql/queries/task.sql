@@ -287,10 +287,16 @@ rescued AS (
     WHERE t.id = e.id
     RETURNING t.*
 ),
+-- tasks t is read as it was before this statement: the worker that held the lease. A dead-lettered task also
+-- gets the 'failed' event that task_fail writes, so the history reads the same whichever way it failed.
 logged AS (
     INSERT INTO task_events (task_id, event, worker_id, detail)
-    SELECT r.id, 'lease_expired', t.worker_id, r.status
-    FROM rescued r JOIN tasks t ON t.id = r.id
+    SELECT r.id, e.event, t.worker_id, e.detail
+    FROM rescued r
+    JOIN tasks t ON t.id = r.id
+    CROSS JOIN LATERAL (VALUES (1, 'lease_expired', r.status), (2, 'failed', r.last_error)) e (n, event, detail)
+    WHERE e.event = 'lease_expired' OR r.status = 'failed'
+    ORDER BY r.id, e.n
 )
 SELECT * FROM rescued;
 
