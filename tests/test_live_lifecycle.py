@@ -1,7 +1,8 @@
 """Long-polling and rescue against real `baywheels serve` processes over real HTTP: idle waiters cost the
 database nothing, a waiter whose client hangs up takes no task, the wake-up latency (printed, not
-asserted), and two instances on one database hand out every task exactly once while only one of them runs
-the reaper, the other taking over when it stops."""
+asserted), two instances on one database hand out every task exactly once while only one of them runs
+the reaper, the other taking over when it stops, and a lease that runs out on the clock (nothing moves
+lease_expires_at) hands the task to another worker."""
 
 import asyncio
 import json
@@ -10,6 +11,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +20,7 @@ import httpx
 import msgspec
 
 from conftest import LiveServer
+from helpers import json_of
 
 REAPER_LOCK = "hashtext('baywheels.reaper')"
 
@@ -353,3 +356,76 @@ async def expire_and_wait_for_rescue(pool: asyncpg.Pool, task_ids: list[int]) ->
         return bool(held == 0)
 
     await until(rescued, within=20)
+
+
+async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_worker(database_url: str) -> None:
+    """Worker A takes a task with a one-second lease and goes silent. Nothing but time passes: the server's
+    reaper takes the task back once the lease has run out, counting the attempt, worker B is dispatched the
+    same task, A's late completion under its old lease is refused and B's goes through."""
+    server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": "0.05"})
+    await start(server)
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            (suggestion,) = await ingest(client, server.url, 1)
+            (task,) = await approve(client, server.url, [suggestion])
+            task_id = task["id"]
+            response = await client.post("/dispatch/next", json={"worker_id": "A", "lease_seconds": 1})
+            first = json_of(response, 200)
+            assert (first["id"], first["status"], first["worker_id"]) == (task_id, "assigned", "A")
+            lease_expires_at = datetime.fromisoformat(first["lease_expires_at"])
+            assert lease_expires_at - datetime.fromisoformat(first["assigned_at"]) == timedelta(seconds=1)
+
+            statuses: list[str] = []
+
+            async def ready_again() -> bool:
+                statuses.append(json_of(await client.get(f"/task/{task_id}"), 200)["status"])
+                return statuses[-1] == "ready"
+
+            await until(ready_again, within=10)
+            # Held by A until the reaper took it back: no other state in between.
+            assert set(statuses[:-1]) <= {"assigned"}
+            rescued = json_of(await client.get(f"/task/{task_id}"), 200)
+            assert (rescued["status"], rescued["attempts"], rescued["worker_id"], rescued["lease_id"]) == (
+                "ready",
+                1,
+                None,
+                None,
+            )
+            history = json_of(await client.get(f"/task/{task_id}/events"), 200)
+            assert [(e["event"], e["worker_id"]) for e in history] == [
+                ("approved", None),
+                ("assigned", "A"),
+                ("lease_expired", "A"),
+            ]
+            # Taken back only once the lease had run out (both times are the database's clock).
+            assert datetime.fromisoformat(history[-1]["at"]) >= lease_expires_at
+
+            second = json_of(await client.post("/dispatch/next", json={"worker_id": "B"}), 200)
+            assert (second["id"], second["worker_id"], second["attempts"]) == (task_id, "B", 1)
+            assert second["lease_id"] not in (None, first["lease_id"])
+
+            late = await client.post(
+                f"/task/{task_id}/complete", json={"worker_id": "A", "lease_id": first["lease_id"]}
+            )
+            assert json_of(late, 409) == {
+                "detail": f"Cannot complete task {task_id}: it is held by another worker"
+            }
+            done = await client.post(
+                f"/task/{task_id}/complete", json={"worker_id": "B", "lease_id": second["lease_id"]}
+            )
+            completed = json_of(done, 200)
+            assert (completed["status"], completed["worker_id"], completed["attempts"]) == (
+                "completed",
+                "B",
+                1,
+            )
+            history = json_of(await client.get(f"/task/{task_id}/events"), 200)
+            assert [(e["event"], e["worker_id"]) for e in history] == [
+                ("approved", None),
+                ("assigned", "A"),
+                ("lease_expired", "A"),
+                ("assigned", "B"),
+                ("completed", "B"),
+            ]
+    finally:
+        await stop(server)
