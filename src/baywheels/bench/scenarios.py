@@ -66,7 +66,7 @@ FULL = Config(
     sustained_duration=180,
     sustained_window=30,
     sustained_connections=64,
-    sustained_backlog=600_000,
+    sustained_backlog=1_500_000,
 )
 QUICK = Config(
     quick=True,
