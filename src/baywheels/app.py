@@ -1,6 +1,7 @@
 """The Starlette application: routes, error handlers, middleware, and the pool owned by the lifespan."""
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -33,6 +34,8 @@ def create_app(settings: Settings) -> Starlette:
         app.state.dispatcher = Dispatcher(app.state.pool, settings, dsn)
         await app.state.dispatcher.start()
         reaper = asyncio.create_task(Reaper(settings, dsn).run())
+        # What start-up made lives as long as the process: keep it out of every later collection.
+        gc.freeze()
         try:
             yield
         finally:
