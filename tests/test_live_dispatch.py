@@ -1,19 +1,27 @@
-"""Dispatch and approval races over real HTTP, against a real `baywheels serve` process: many workers at
-once get every ready task exactly once, and racing approvals of one suggestion make one task."""
+"""Dispatch and approval races over real HTTP, against a real `baywheels serve` process (one uvicorn worker,
+or two on one socket): many workers at once get every ready task exactly once, and racing approvals of one
+suggestion make one task."""
 
 import asyncio
 import json
+import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import httpx
+import pytest
 
 from conftest import LiveServer
 
 TASKS = 500
 DISPATCHERS = 64
 NO_TASK = {"detail": "No available tasks with status 'ready'"}
+# Each worker process's dispatcher holds one connection whose last (and only) statement was its LISTEN.
+LISTENERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+)
 
 
 class Connection:
@@ -70,9 +78,41 @@ async def ready_tasks(client: httpx.AsyncClient, n: int) -> list[int]:
     return task_ids
 
 
+@pytest.fixture(params=[1, 2], ids=["1 worker", "2 workers"])
+async def dispatch_server(
+    request: pytest.FixtureRequest, database_url: str, pool: asyncpg.Pool
+) -> AsyncIterator[LiveServer]:
+    """`baywheels serve` with WORKERS processes, each with its own pool, dispatcher and LISTEN connection;
+    stopped with SIGTERM, which it must survive with exit code 0."""
+    workers: int = request.param
+    server = LiveServer(database_url, env={"WORKERS": str(workers)})
+    await asyncio.to_thread(server.start)
+    process = server.process
+    assert process is not None
+    try:
+
+        async def listening() -> int:
+            return int(await pool.fetchval(LISTENERS))
+
+        async with asyncio.timeout(30):
+            while await listening() != workers:  # noqa: ASYNC110 (the workers start in other processes)
+                await asyncio.sleep(0.02)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+    assert process.returncode == 0
+
+
+async def dispatched_total(client: httpx.AsyncClient) -> float:
+    text = (await client.get("/metrics")).text
+    match = re.search(r'^baywheels_dispatch_total\{outcome="assigned"\} (\S+)$', text, re.MULTILINE)
+    return 0.0 if match is None else float(match[1])
+
+
 async def test_concurrent_dispatchers_get_every_task_exactly_once(
-    live_server: LiveServer, pool: asyncpg.Pool
+    dispatch_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
+    live_server = dispatch_server
     async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
         approved = await ready_tasks(client, TASKS)
     conns = await asyncio.gather(*(Connection.open(live_server) for _ in range(DISPATCHERS)))
@@ -122,6 +162,9 @@ async def test_concurrent_dispatchers_get_every_task_exactly_once(
     assert sorted((e["task_id"], e["worker_id"]) for e in events) == sorted(
         (b["id"], b["worker_id"]) for b in received
     )
+    # /metrics counts every worker process's dispatches, whichever process answers it.
+    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+        assert await dispatched_total(client) == TASKS
 
 
 async def test_racing_approvals_of_one_suggestion_make_one_task(

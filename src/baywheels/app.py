@@ -11,7 +11,8 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, metrics, openapi
+from . import db, logs, metrics, openapi
+from . import settings as config
 from .dispatcher import Dispatcher
 from .errors import EXCEPTION_HANDLERS
 from .middleware import RequestContext
@@ -65,3 +66,11 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.openapi = openapi.encoded()
     return app
+
+
+def from_environment() -> Starlette:
+    """The app of one worker process when `serve` runs several (uvicorn's factory): each builds its own from
+    the environment, where the parent has put the DATABASE_URL it resolved."""
+    settings = config.load()
+    logs.configure(settings.log_level, settings.log_format)
+    return create_app(settings)

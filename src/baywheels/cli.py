@@ -2,9 +2,12 @@
 
 import argparse
 import asyncio
+import functools
 import gc
+import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,8 +45,8 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             asyncio.run(db.migrate(settings.database_url))
         base = f"http://{settings.host}:{settings.port}"
         print(f"Bay Wheels dispatch service on {base}  (API docs: {base}/docs, {base}/redoc)", flush=True)
-        uvicorn.run(
-            create_app(settings),
+        run = functools.partial(
+            uvicorn.run,
             host=settings.host,
             port=settings.port,
             loop="uvloop",
@@ -52,6 +55,14 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             access_log=False,
             server_header=False,
         )
+        if settings.workers == 1:
+            run(create_app(settings))
+        else:
+            # uvicorn starts each worker as a fresh interpreter, which builds its app from the environment.
+            with tempfile.TemporaryDirectory(prefix="baywheels-metrics-") as metrics_dir:
+                os.environ["DATABASE_URL"] = settings.database_url
+                os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+                run("baywheels.app:from_environment", factory=True, workers=settings.workers)
     finally:
         if server is not None:
             server.stop()

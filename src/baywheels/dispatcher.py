@@ -56,7 +56,6 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncpg.Connection | None = None
         self._closing = False
-        WAITERS.set_function(lambda: len(self._sleeping))
 
     # Lifecycle
 
@@ -70,6 +69,7 @@ class Dispatcher:
                 waiter.future.set_result(None)
         self._queue.clear()
         self._sleeping.clear()
+        self._sleepers_changed()
         if self._listener is not None:
             await self._listener.close()
         # Statements in flight finish, so a task they assign is not left without its answer being logged.
@@ -133,13 +133,19 @@ class Dispatcher:
         # Only a sleeping waiter ends here; one in a statement gets that statement's answer.
         if waiter in self._sleeping:
             self._sleeping.remove(waiter)
+            self._sleepers_changed()
             waiter.future.set_result(None)
 
     def _forget(self, waiter: Waiter) -> None:
         if waiter in self._sleeping:
             self._sleeping.remove(waiter)
+            self._sleepers_changed()
         elif waiter in self._queue:
             self._queue.remove(waiter)
+
+    def _sleepers_changed(self) -> None:
+        # A gauge set rather than read on demand: with several worker processes each writes its own value.
+        WAITERS.set(len(self._sleeping))
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         self._notifications += 1
@@ -151,6 +157,7 @@ class Dispatcher:
             return
         self._sleeping.sort(key=lambda w: w.seq)
         woken, self._sleeping = self._sleeping[:count], self._sleeping[count:]
+        self._sleepers_changed()
         self._queue.extendleft(reversed(woken))
         self._pump()
 
@@ -207,6 +214,7 @@ class Dispatcher:
                 again.append(waiter)  # a task became ready while we looked: look again
             else:
                 self._sleeping.append(waiter)
+        self._sleepers_changed()
         self._queue.extendleft(reversed(again))
         if len(results) == len(batch):
             # Every worker got a task, so more may be ready: try the next sleepers.

@@ -1,6 +1,18 @@
-"""Prometheus metrics, served at ``GET /metrics``."""
+"""Prometheus metrics, served at ``GET /metrics``. With several worker processes (WORKERS), each writes its
+values to files in PROMETHEUS_MULTIPROC_DIR, which `serve` sets before it starts them, and whichever worker
+answers /metrics adds them all up."""
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -12,11 +24,19 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 DISPATCHES = Counter("baywheels_dispatch_total", "Dispatch requests by outcome.", ["outcome"])
-WAITERS = Gauge("baywheels_dispatch_waiters", "Long-polling dispatch requests waiting for a task.")
+WAITERS = Gauge(
+    "baywheels_dispatch_waiters",
+    "Long-polling dispatch requests waiting for a task.",
+    multiprocess_mode="livesum",
+)
 TRANSITIONS = Counter(
     "baywheels_task_transitions_total", "Task state changes made by this process.", ["event"]
 )
 
 
 async def metrics(request: Request) -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

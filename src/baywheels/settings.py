@@ -53,6 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # statement of up to DISPATCH_BATCH_MAX workers.
     dispatch_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
     dispatch_batch_max: Annotated[int, Meta(ge=1, le=1000)] = 128
+    # uvicorn worker processes of `serve`. Each has its own pool (POOL_MAX_SIZE), dispatcher and LISTEN
+    # connection, and a reaper (only one leads); /metrics adds up all of them.
+    workers: Annotated[int, Meta(ge=1, le=64)] = 1
 
     def __post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:
