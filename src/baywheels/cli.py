@@ -101,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="auto: wrk, installed if missing",
     )
+    bench_cmd.add_argument(
+        "--workers", type=int, default=2, help="uvicorn processes of the service (WORKERS); default 2"
+    )
     bench_cmd.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for the JSON")
     bench_cmd.add_argument("--keep", action="store_true", help="keep the run's logs and work files")
     args = parser.parse_args(argv)
@@ -108,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "bench":
         from .bench import runner
 
-        return runner.main(args.quick, args.only, args.loadgen, args.out, args.keep)
+        return runner.main(args.quick, args.only, args.loadgen, args.out, args.keep, args.workers)
 
     if args.command == "sql":
         if args.name is None:

@@ -32,11 +32,18 @@ def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     return ticks / TICK
 
 
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def tree_memory_bytes(root: int) -> int:
+    """Memory of a process and everything under it (uvicorn's parent, its workers, multiprocessing's resource
+    tracker): the sum of their proportional set sizes, since RSS would count the pages they share once per
+    process."""
+    total = 0
+    for pid in (root, *descendants(root)):
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
 
 
 def parent(pid: int) -> int | None:

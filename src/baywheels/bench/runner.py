@@ -122,7 +122,13 @@ def write(out_dir: Path, report: dict[str, Any]) -> Path:
 
 
 async def run(
-    cfg: Config, only: Sequence[str], loadgen: str, out_dir: Path, keep: bool, dsn: str | None = None
+    cfg: Config,
+    only: Sequence[str],
+    loadgen: str,
+    out_dir: Path,
+    keep: bool,
+    dsn: str | None = None,
+    workers: int = 2,
 ) -> int:
     """Everything on the server ``dsn`` points to (databases are created and dropped on it), or on an
     embedded server when it is None."""
@@ -154,13 +160,15 @@ async def run(
             workdir=workdir,
             postmaster=await postmaster_of(server),
             table=Table([f"c={c}" for c in cfg.levels]),
+            workers=workers,
         )
         machine, versions = env["machine"], env["versions"]
         print(
             f"baywheels bench {'--quick' if cfg.quick else '(full)'}: {machine['nproc']} x {machine['cpu']}, "
             f"{machine['memory']}, load {' '.join(machine['loadavg_at_start'])}; "
             f"PostgreSQL {versions['postgresql']} ({'DATABASE_URL' if embedded is None else 'embedded'}); "
-            f"load generator: {ctx.load.name}",
+            f"load generator: {ctx.load.name}; service: {workers} uvicorn worker(s), "
+            f"DISPATCH_CONCURRENCY {max(1, 4 // workers)} each",
             flush=True,
         )
         for name, scenario in SCENARIOS.items():
@@ -192,6 +200,7 @@ async def run(
         "cpu_steal_percent": steal,
         "config": msgspec.to_builtins(cfg),
         "load_generator": ctx.load.name,
+        "service_workers": workers,
         **env,
         "pgbench_script": pgbench.script(),
         "results": ctx.results,
@@ -207,7 +216,7 @@ async def run(
     return 1 if failed else 0
 
 
-def main(quick: bool, only: Sequence[str], loadgen: str, out_dir: Path, keep: bool) -> int:
+def main(quick: bool, only: Sequence[str], loadgen: str, out_dir: Path, keep: bool, workers: int = 2) -> int:
     cfg = QUICK if quick else FULL
     logs.configure("warning", "console")
     unknown = set(only) - set(SCENARIOS)
@@ -217,4 +226,4 @@ def main(quick: bool, only: Sequence[str], loadgen: str, out_dir: Path, keep: bo
             file=sys.stderr,
         )
         return 2
-    return asyncio.run(run(cfg, only, loadgen, out_dir, keep, os.environ.get("DATABASE_URL")))
+    return asyncio.run(run(cfg, only, loadgen, out_dir, keep, os.environ.get("DATABASE_URL"), workers))

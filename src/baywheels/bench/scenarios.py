@@ -20,7 +20,7 @@ from . import pgbench
 from .client import Connection
 from .database import Server, database_name
 from .loadgen import Load, LoadGen
-from .procs import CpuMeter, Service, cpu_seconds, rss_bytes, tree_cpu_seconds
+from .procs import CpuMeter, Service, cpu_seconds, tree_cpu_seconds, tree_memory_bytes
 from .report import Table, mb, ms, num, ratio
 from .stats import latency
 
@@ -108,6 +108,7 @@ class Context:
     results: dict[str, Any] = field(default_factory=dict)
     invariants: list[Invariant] = field(default_factory=list)
     templates: dict[str, str] = field(default_factory=dict)
+    workers: int = 1  # uvicorn processes of the service
     _ports: "itertools.count[int]" = field(default_factory=lambda: itertools.count(18100))
 
     def say(self, message: str) -> None:
@@ -125,10 +126,20 @@ class Context:
 
     @contextlib.asynccontextmanager
     async def service(self, url: str, pool: int) -> AsyncIterator[Service]:
-        env = {"POOL_MAX_SIZE": str(pool), "POOL_MIN_SIZE": "2"}
+        env = {
+            "POOL_MAX_SIZE": str(pool),
+            "POOL_MIN_SIZE": "2",
+            "WORKERS": str(self.workers),
+            # The same number of dispatch statements in flight against the database, however many processes.
+            "DISPATCH_CONCURRENCY": str(max(1, 4 // self.workers)),
+        }
         svc = Service(url, _free_port(self._ports), env, self.workdir / "service.log")
         await svc.start()
         try:
+            # /readyz answered: one worker is up. Each has a dispatcher LISTENing once it is.
+            async with asyncio.timeout(30):
+                while (await self.server.fetchrow(url, "bench_listeners"))[0] < self.workers:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # polling other processes' start-up, with a deadline
             yield svc
         finally:
             await svc.stop()
@@ -138,7 +149,7 @@ class Context:
         sources: dict[str, Callable[[], float]] = {"harness": lambda: cpu_seconds(harness)}
         if service is not None:
             pid = service.pid
-            sources["service"] = lambda: cpu_seconds(pid)
+            sources["service"] = lambda: tree_cpu_seconds(pid)
         if self.postmaster is not None:
             postmaster = self.postmaster
             sources["postgres"] = lambda: tree_cpu_seconds(postmaster)
@@ -249,7 +260,7 @@ async def db_point(ctx: Context, c: int, duration: float, sync_commit: bool) -> 
 async def measure(
     ctx: Context, svc: Service, mode: str, c: int, duration: float, *params: object
 ) -> tuple[Load, dict[str, float], int]:
-    """One load run with the CPU split and the service's peak RSS over it."""
+    """One load run with the CPU split and the service's peak memory (PSS of all its processes) over it."""
     meter = ctx.meter(svc)
     peak = 0
     done = asyncio.Event()
@@ -258,7 +269,7 @@ async def measure(
         nonlocal peak
         while not done.is_set():
             with contextlib.suppress(OSError):
-                peak = max(peak, rss_bytes(svc.pid))
+                peak = max(peak, tree_memory_bytes(svc.pid))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.1)
 
@@ -303,7 +314,7 @@ async def service_point(
     point["service"] = load_summary(load, cpu, rss)
     ctx.say(
         f"  c={c:<3} service      {num(load.result.rate()):>7} /s    {ms(load.result.latency_us)} ms   "
-        f"cpu: {cpu_text(cpu)}   rss {mb(rss)}   failures {load.result.failures}"
+        f"cpu: {cpu_text(cpu)}   memory {mb(rss)}   failures {load.result.failures}"
     )
     point["invariant"] = await check_dispatch(ctx, f"dispatch c={c}", url, load.seen, c, backlog)
     await ctx.server.drop(url)
@@ -364,7 +375,9 @@ async def dispatch(ctx: Context) -> None:
     await ladder(ctx, "dispatch", ctx.cfg.levels, ctx.cfg.duration, sync_commit=True)
     points = ctx.results["dispatch"]["points"]
     top = max(points)
-    ctx.table.add(f"service RSS under {top} dispatchers", mb(points[top]["service"]["service_rss_peak"]))
+    ctx.table.add(
+        f"service memory (PSS) under {top} dispatchers", mb(points[top]["service"]["service_rss_peak"])
+    )
 
 
 @scenario("dispatch_sync_off")
@@ -554,7 +567,7 @@ class _Task(msgspec.Struct):
 
 @scenario("longpoll")
 async def longpoll(ctx: Context) -> None:
-    """Idle long-pollers' cost (database transactions/s, RSS) and the wake-up latency from an approval to
+    """Idle long-pollers' cost (database transactions/s, memory) and the wake-up latency from an approval to
     the answer of a waiting worker."""
     cfg = ctx.cfg
     ctx.say(
@@ -574,7 +587,7 @@ async def longpoll(ctx: Context) -> None:
         await asyncio.sleep(cfg.idle_settle)
         before = await transactions()
         await asyncio.sleep(cfg.idle_window)  # the idle window is what is measured
-        return (await transactions() - before) / cfg.idle_window, rss_bytes(svc.pid)
+        return (await transactions() - before) / cfg.idle_window, tree_memory_bytes(svc.pid)
 
     async def poller(conn: Connection, n: int) -> None:
         nonlocal errors
@@ -625,7 +638,7 @@ async def longpoll(ctx: Context) -> None:
     wake_us, approve_us = latency(wake), latency(approve)
     ctx.say(
         f"  idle database transactions/s: {base_rate:.1f} with no worker, {idle_rate:.1f} with {cfg.pollers} "
-        f"waiting; service RSS {mb(base_rss)} -> {mb(idle_rss)}; wake-up {ms(wake_us)} ms (the approval "
+        f"waiting; service memory {mb(base_rss)} -> {mb(idle_rss)}; wake-up {ms(wake_us)} ms (the approval "
         f"alone {ms(approve_us)} ms); errors {errors}"
     )
     ctx.check("long-poll errors", errors == 0, f"{errors} unexpected answers to long-polls")
@@ -646,7 +659,7 @@ async def longpoll(ctx: Context) -> None:
     ctx.table.add(
         f"idle DB transactions/s: 0 vs {cfg.pollers} waiting", f"{base_rate:.1f} vs {idle_rate:.1f}"
     )
-    ctx.table.add(f"service RSS: 0 vs {cfg.pollers} waiting", f"{mb(base_rss)} vs {mb(idle_rss)}")
+    ctx.table.add(f"service memory (PSS): 0 vs {cfg.pollers} waiting", f"{mb(base_rss)} vs {mb(idle_rss)}")
     ctx.table.add(
         "wake-up, approve sent -> worker answered",
         f"p50 {wake_us.p50 / 1000:.1f} ms   p99 {wake_us.p99 / 1000:.1f} ms",
