@@ -32,12 +32,11 @@ def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
     return ticks / TICK
 
 
-def tree_memory_bytes(root: int) -> int:
-    """Memory of a process and everything under it (uvicorn's parent, its workers, multiprocessing's resource
-    tracker): the sum of their proportional set sizes, since RSS would count the pages they share once per
-    process."""
+def memory_bytes(pids: list[int]) -> int:
+    """Memory of processes that share pages (uvicorn's parent, its workers, multiprocessing's resource
+    tracker): the sum of their proportional set sizes, since RSS would count the shared pages once each."""
     total = 0
-    for pid in (root, *descendants(root)):
+    for pid in pids:
         try:
             rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
@@ -180,6 +179,10 @@ class Service:
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def pids(self) -> list[int]:
+        """The service's processes: uvicorn's parent and, with WORKERS > 1, everything it started."""
+        return [self.pid, *descendants(self.pid)]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(self.port)]

@@ -20,7 +20,7 @@ from . import pgbench
 from .client import Connection
 from .database import Server, database_name
 from .loadgen import Load, LoadGen
-from .procs import CpuMeter, Service, cpu_seconds, tree_cpu_seconds, tree_memory_bytes
+from .procs import CpuMeter, Service, cpu_seconds, memory_bytes, tree_cpu_seconds
 from .report import Table, mb, ms, num, ratio
 from .stats import latency
 
@@ -265,11 +265,13 @@ async def measure(
     peak = 0
     done = asyncio.Event()
 
+    # The processes once (a walk of /proc), their memory every 0.1 s.
+    pids = svc.pids()
+
     async def sample_rss() -> None:
         nonlocal peak
         while not done.is_set():
-            with contextlib.suppress(OSError):
-                peak = max(peak, tree_memory_bytes(svc.pid))
+            peak = max(peak, memory_bytes(pids))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.1)
 
@@ -587,7 +589,7 @@ async def longpoll(ctx: Context) -> None:
         await asyncio.sleep(cfg.idle_settle)
         before = await transactions()
         await asyncio.sleep(cfg.idle_window)  # the idle window is what is measured
-        return (await transactions() - before) / cfg.idle_window, tree_memory_bytes(svc.pid)
+        return (await transactions() - before) / cfg.idle_window, memory_bytes(svc.pids())
 
     async def poller(conn: Connection, n: int) -> None:
         nonlocal errors
