@@ -34,7 +34,6 @@ def serve(settings: config.Settings, migrate: bool) -> None:
     # uvicorn shuts down gracefully on SIGTERM, then raises it again, and its default action would kill the
     # process before the embedded PostgreSQL is stopped. As Ctrl-C, uvicorn.run returns: clean exit, code 0.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    serving_gc()
     settings, server = _database(settings)
     assert settings.database_url is not None
     try:
@@ -53,7 +52,9 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             server_header=False,
         )
         if settings.workers == 1:
-            run(create_app(settings))
+            app = create_app(settings)
+            serving_gc()
+            run(app)
         else:
             # uvicorn starts each worker as a fresh interpreter, which builds its app from the environment.
             with tempfile.TemporaryDirectory(prefix="baywheels-metrics-") as metrics_dir:

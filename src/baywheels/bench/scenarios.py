@@ -265,7 +265,7 @@ async def measure(
     peak = 0
     done = asyncio.Event()
 
-    # The processes once (a walk of /proc), their memory every 0.1 s.
+    # The processes once (a walk of /proc), their memory every 0.5 s (smaps_rollup walks their page tables).
     pids = svc.pids()
 
     async def sample_rss() -> None:
@@ -273,7 +273,7 @@ async def measure(
         while not done.is_set():
             peak = max(peak, memory_bytes(pids))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), 0.1)
+                await asyncio.wait_for(done.wait(), 0.5)
 
     sampler = asyncio.create_task(sample_rss())
     meter.start()
