@@ -168,7 +168,7 @@ async def run(
             f"{machine['memory']}, load {' '.join(machine['loadavg_at_start'])}; "
             f"PostgreSQL {versions['postgresql']} ({'DATABASE_URL' if embedded is None else 'embedded'}); "
             f"load generator: {ctx.load.name}; service: {workers} uvicorn worker(s), "
-            f"DISPATCH_CONCURRENCY {max(1, 4 // workers)} each",
+            f"DISPATCH_CONCURRENCY {ctx.dispatch_concurrency} each",
             flush=True,
         )
         for name, scenario in SCENARIOS.items():

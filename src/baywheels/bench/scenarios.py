@@ -111,6 +111,12 @@ class Context:
     workers: int = 1  # uvicorn processes of the service
     _ports: "itertools.count[int]" = field(default_factory=lambda: itertools.count(18100))
 
+    @property
+    def dispatch_concurrency(self) -> int:
+        """Per service process: the same number of dispatch statements in flight in all (4, the default of one
+        process), however many processes."""
+        return max(1, 4 // self.workers)
+
     def say(self, message: str) -> None:
         print(message, flush=True)
 
@@ -130,8 +136,7 @@ class Context:
             "POOL_MAX_SIZE": str(pool),
             "POOL_MIN_SIZE": "2",
             "WORKERS": str(self.workers),
-            # The same number of dispatch statements in flight against the database, however many processes.
-            "DISPATCH_CONCURRENCY": str(max(1, 4 // self.workers)),
+            "DISPATCH_CONCURRENCY": str(self.dispatch_concurrency),
         }
         svc = Service(url, _free_port(self._ports), env, self.workdir / "service.log")
         await svc.start()
@@ -268,14 +273,14 @@ async def measure(
     # The processes once (a walk of /proc), their memory every 0.5 s (smaps_rollup walks their page tables).
     pids = svc.pids()
 
-    async def sample_rss() -> None:
+    async def sample_memory() -> None:
         nonlocal peak
         while not done.is_set():
             peak = max(peak, memory_bytes(pids))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(done.wait(), 0.5)
 
-    sampler = asyncio.create_task(sample_rss())
+    sampler = asyncio.create_task(sample_memory())
     meter.start()
     try:
         load = await ctx.load.run(svc.port, mode, c, duration, *params)
