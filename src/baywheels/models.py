@@ -27,6 +27,9 @@ Limit = Annotated[int, Meta(ge=1, le=1000, description="Page size.")]
 TaskStatus = Literal["ready", "assigned", "completed", "failed", "canceled", "stalled"]
 LeaseSeconds = Annotated[int, Meta(ge=1, le=86400, description="Lease length in seconds.")]
 Note = Annotated[str, Meta(max_length=2000, pattern=NO_NUL)]
+# Printable ASCII without spaces: safe to compare, store and log. Checked by the dispatch handler and
+# documented by the OpenAPI document.
+IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,128}$"
 NotBefore = Annotated[datetime, Meta(tz=True, description="Not dispatched before this time (RFC 3339).")]
 
 

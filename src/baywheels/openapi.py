@@ -55,9 +55,9 @@ def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any]
             "in": "header",
             "required": False,
             "description": description,
-            "schema": {"type": "string", "minLength": 1, "maxLength": 128},
+            "schema": {"type": "string", "pattern": pattern},
         }
-        for name, description in endpoint.headers
+        for name, pattern, description in endpoint.headers
     ]
     if parameters:
         operation["parameters"] = parameters

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from .handlers import dispatch, health, suggestions, tasks
 from .models import (
+    IDEMPOTENCY_KEY,
     ApproveManyRequest,
     ApproveManyResult,
     ApproveRequest,
@@ -49,7 +50,7 @@ class Endpoint:
     status: int = 200
     errors: tuple[int, ...] = ()
     description: str = ""
-    headers: tuple[tuple[str, str], ...] = ()  # request headers it reads: (name, description)
+    headers: tuple[tuple[str, str, str], ...] = ()  # request headers it reads: (name, pattern, description)
 
     def route(self) -> Route:
         return Route(self.path, self.handler, methods=[self.method], name=self.handler.__name__)
@@ -131,6 +132,7 @@ ENDPOINTS = (
         headers=(
             (
                 "Idempotency-Key",
+                IDEMPOTENCY_KEY,
                 "1 to 128 printable ASCII characters, no spaces. A retry by the same worker with the same "
                 "key gets the task it holds under that key, for as long as it holds it, not a second one.",
             ),

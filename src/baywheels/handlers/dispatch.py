@@ -10,12 +10,12 @@ from ..dispatcher import Dispatcher
 from ..errors import BadRequest, NotFound
 from ..http import body
 from ..metrics import DISPATCHES
-from ..models import DispatchRequest
+from ..models import IDEMPOTENCY_KEY, DispatchRequest
 from ..responses import JSONResponse
 
 T = TypeVar("T")
 
-_SANE_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+_SANE_KEY = re.compile(IDEMPOTENCY_KEY)
 
 # What a client that went away gets logged with (nginx's "client closed request"); nobody receives it.
 CLIENT_CLOSED = 499
