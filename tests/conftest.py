@@ -21,6 +21,7 @@ import pytest
 
 from baywheels import db, settings
 from baywheels.app import create_app
+from helpers import in_process
 
 
 def with_database(dsn: str, name: str) -> str:
@@ -105,11 +106,8 @@ def service_settings(database_url: str) -> settings.Settings:
 @pytest.fixture
 async def client(service_settings: settings.Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app in-process (its lifespan opens the pool), spoken to over ASGI."""
-    app = create_app(service_settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+    async with in_process(create_app(service_settings)) as client:
+        yield client
 
 
 def free_port() -> int:

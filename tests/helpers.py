@@ -2,10 +2,14 @@
 and tasks over the API (so the tests arrange state the way a user would)."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
 import httpx
+from starlette.applications import Starlette
+from starlette.types import Receive, Scope, Send
 
 # Every key of a task body. Tests compare bodies through these sets, so a new field changes one line.
 TASK_KEYS = frozenset(
@@ -134,3 +138,17 @@ async def wait_for_lock_waiters(pool: asyncpg.Pool, count: int, within: float = 
             if waiting >= count:
                 return
             await asyncio.sleep(0.005)
+
+
+@asynccontextmanager
+async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, spoken to over ASGI. httpx's transport runs no lifespan, so each
+    request gets a copy of the lifespan's state here, as uvicorn gives it."""
+    async with app.router.lifespan_context(app) as state:
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, "state": dict(state or {})}, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client

@@ -11,7 +11,7 @@ import pytest
 
 from baywheels import queries, settings
 from baywheels.app import create_app
-from helpers import item, json_of
+from helpers import in_process, item, json_of
 
 FRESH_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -74,11 +74,10 @@ async def test_wrong_method_is_405(client: httpx.AsyncClient, method: str, path:
 @pytest.fixture
 async def small_client(service_settings: settings.Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with a 1 KiB body limit."""
-    app = create_app(msgspec.structs.replace(service_settings, max_body_bytes=1024))
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+    async with in_process(
+        create_app(msgspec.structs.replace(service_settings, max_body_bytes=1024))
+    ) as client:
+        yield client
 
 
 def padded(size: int) -> bytes:

@@ -18,6 +18,7 @@ import pytest
 
 from baywheels import settings
 from baywheels.app import create_app
+from helpers import in_process
 
 _pairs = itertools.count(1)
 
@@ -213,11 +214,8 @@ async def test_waiter_is_woken_when_delayed_work_falls_due(client: httpx.AsyncCl
 
 @asynccontextmanager
 async def serving(config: settings.Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(config)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+    async with in_process(create_app(config)) as client:
+        yield client
 
 
 async def test_waiter_is_woken_when_a_retry_backoff_ends(service_settings: settings.Settings) -> None:

@@ -39,12 +39,12 @@ def test_names_are_alphabetical_within_a_file(path: Path) -> None:
 
 def test_queries_py_uses_exactly_the_defined_queries() -> None:
     source = Path(queries.__file__).read_text()
-    used = re.findall(r'_q\("(\w+)", "(\w+)"\)', source)
+    used = re.findall(r'_query_text\("(\w+)", "(\w+)"\)', source)
     assert sorted(name for name, _ in used) == sorted(sql.queries())
     for name, cardinality in used:
         assert sql.queries()[name].cardinality == cardinality, name
     # Each bound statement is also run by a function.
-    for constant in re.findall(r"^(_[A-Z_]+) = _q\(", source, re.MULTILINE):
+    for constant in re.findall(r"^(_[A-Z_]+) = _query_text\(", source, re.MULTILINE):
         assert len(re.findall(rf"\b{constant}\b", source)) >= 2, f"{constant} is bound but never run"
 
 

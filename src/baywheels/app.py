@@ -2,7 +2,7 @@
 
 import asyncio
 import gc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import structlog
@@ -19,6 +19,7 @@ from .middleware import RequestContext
 from .reaper import Reaper
 from .routes import ENDPOINTS
 from .settings import Settings
+from .state import STATE_KEY, AppState
 
 log = structlog.get_logger(__name__)
 
@@ -29,19 +30,19 @@ def create_app(settings: Settings) -> Starlette:
     dsn = settings.database_url
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        app.state.pool = await db.create_pool(settings, dsn)
+    async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, AppState]]:
+        pool = await db.create_pool(settings, dsn)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
-        app.state.dispatcher = Dispatcher(app.state.pool, settings, dsn)
-        await app.state.dispatcher.start()
+        dispatcher = Dispatcher(pool, settings, dsn)
+        await dispatcher.start()
         reaper = asyncio.create_task(Reaper(settings, dsn).run())
         try:
-            yield
+            yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher)}
         finally:
             reaper.cancel()
             await asyncio.gather(reaper, return_exceptions=True)
-            await app.state.dispatcher.stop()
-            await app.state.pool.close()
+            await dispatcher.stop()
+            await pool.close()
             log.info("pool_closed")
 
     routes = [
@@ -53,7 +54,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/redoc", openapi.redoc, methods=["GET"]),
         Mount("/static/docs", StaticFiles(directory=openapi.assets_dir()), name="docs-assets"),
     ]
-    app = Starlette(
+    return Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
@@ -61,9 +62,6 @@ def create_app(settings: Settings) -> Starlette:
         ],
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.openapi = openapi.encoded()
-    return app
 
 
 def serving_gc() -> None:

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from .responses import JSONResponse
+from .responses import MsgspecResponse
+from .state import app_state
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +65,7 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
 
 
 def error_response(status_code: int, detail: str, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+    return MsgspecResponse({"detail": detail}, status_code=status_code, headers=headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> Response:
@@ -105,7 +106,7 @@ async def _nul_in_text(request: Request, exc: Exception) -> Response:
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
-    retry_after = str(request.app.state.settings.retry_after)
+    retry_after = str(app_state(request).settings.retry_after)
     return error_response(503, "Database unavailable, retry later", {"Retry-After": retry_after})
 
 

@@ -1,6 +1,7 @@
 """OpenAPI 3.1 built from the route table and the msgspec Structs, and the pages that render it (Swagger UI
 and ReDoc, served from the drf-spectacular-sidecar package: no CDN, works offline)."""
 
+import functools
 import importlib.util
 import re
 from pathlib import Path
@@ -131,7 +132,7 @@ _REDOC_PAGE = """<!doctype html>
 
 
 async def openapi_json(request: Request) -> Response:
-    return Response(request.app.state.openapi, media_type="application/json")
+    return Response(encoded(), media_type="application/json")
 
 
 async def swagger_ui(request: Request) -> Response:
@@ -146,5 +147,6 @@ async def redoc(request: Request) -> Response:
     return HTMLResponse(_REDOC_PAGE)
 
 
+@functools.cache
 def encoded() -> bytes:
     return msgspec.json.encode(build())

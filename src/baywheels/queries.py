@@ -15,7 +15,7 @@ from .models import Suggestion, SuggestionIn, Task, TaskEvent
 Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
 
-def _q(name: str, cardinality: sql.Cardinality) -> str:
+def _query_text(name: str, cardinality: sql.Cardinality) -> str:
     query = sql.queries()[name]
     if query.cardinality != cardinality:
         raise ValueError(f"query {name} is :{query.cardinality}, used as :{cardinality}")
@@ -29,7 +29,7 @@ def _task(row: asyncpg.Record) -> Task:
     return Task(**{field: row[field] for field in _TASK_FIELDS})
 
 
-def _one(row: asyncpg.Record | None) -> Task | None:
+def _task_or_none(row: asyncpg.Record | None) -> Task | None:
     return None if row is None else _task(row)
 
 
@@ -100,17 +100,17 @@ async def task_approve_many(conn: Conn, suggestion_ids: Sequence[int]) -> list[T
 
 
 async def task_cancel(conn: Conn, task_id: int, reason: str | None) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_CANCEL, task_id, reason))
+    return _task_or_none(await conn.fetchrow(_TASK_CANCEL, task_id, reason))
 
 
 async def task_complete(
     conn: Conn, task_id: int, worker_id: str | None, lease_id: UUID | None
 ) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id))
+    return _task_or_none(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id))
 
 
 async def task_dispatch(conn: Conn, worker_id: str, lease_seconds: int, key: str | None) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key))
+    return _task_or_none(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key))
 
 
 async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
@@ -139,17 +139,17 @@ async def task_fail(
     max_attempts: int,
 ) -> Task | None:
     row = await conn.fetchrow(_TASK_FAIL, task_id, worker_id, lease_id, error, backoff_seconds, max_attempts)
-    return _one(row)
+    return _task_or_none(row)
 
 
 async def task_get(conn: Conn, task_id: int) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_GET, task_id))
+    return _task_or_none(await conn.fetchrow(_TASK_GET, task_id))
 
 
 async def task_heartbeat(
     conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, lease_seconds: int | None
 ) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_HEARTBEAT, task_id, worker_id, lease_id, lease_seconds))
+    return _task_or_none(await conn.fetchrow(_TASK_HEARTBEAT, task_id, worker_id, lease_id, lease_seconds))
 
 
 async def task_list(
@@ -171,7 +171,7 @@ async def task_notify_due(conn: Conn, since: datetime) -> datetime:
 
 
 async def task_pickup(conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id))
+    return _task_or_none(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id))
 
 
 async def task_reaper_try_lock(conn: Conn) -> bool:
@@ -181,7 +181,7 @@ async def task_reaper_try_lock(conn: Conn) -> bool:
 async def task_release(
     conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, reason: str | None
 ) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason))
+    return _task_or_none(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason))
 
 
 async def task_rescue_expired(conn: Conn, max_attempts: int, limit: int) -> list[Task]:
@@ -189,34 +189,34 @@ async def task_rescue_expired(conn: Conn, max_attempts: int, limit: int) -> list
 
 
 async def task_retry(conn: Conn, task_id: int, reason: str | None) -> Task | None:
-    return _one(await conn.fetchrow(_TASK_RETRY, task_id, reason))
+    return _task_or_none(await conn.fetchrow(_TASK_RETRY, task_id, reason))
 
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
-_HEALTH_PING = _q("health_ping", "one")
-_MIGRATION_APPLIED = _q("migration_applied", "many")
-_MIGRATION_LOCK = _q("migration_lock", "exec")
-_MIGRATION_RECORD = _q("migration_record", "exec")
-_MIGRATION_TABLE_CREATE = _q("migration_table_create", "exec")
-_MIGRATION_UNLOCK = _q("migration_unlock", "exec")
-_SUGGESTION_LIST = _q("suggestion_list", "many")
-_SUGGESTION_LOCK_FOR_INGEST = _q("suggestion_lock_for_ingest", "exec")
-_SUGGESTION_UPSERT_BATCH = _q("suggestion_upsert_batch", "many")
-_TASK_APPROVE_MANY = _q("task_approve_many", "many")
-_TASK_CANCEL = _q("task_cancel", "one")
-_TASK_COMPLETE = _q("task_complete", "one")
-_TASK_DISPATCH = _q("task_dispatch", "one")
-_TASK_DISPATCH_KEY_LOCK = _q("task_dispatch_key_lock", "exec")
-_TASK_DISPATCH_MANY = _q("task_dispatch_many", "many")
-_TASK_EVENT_LIST = _q("task_event_list", "many")
-_TASK_FAIL = _q("task_fail", "one")
-_TASK_GET = _q("task_get", "one")
-_TASK_HEARTBEAT = _q("task_heartbeat", "one")
-_TASK_LIST = _q("task_list", "many")
-_TASK_LIST_BY_SUGGESTIONS = _q("task_list_by_suggestions", "many")
-_TASK_NOTIFY_DUE = _q("task_notify_due", "one")
-_TASK_PICKUP = _q("task_pickup", "one")
-_TASK_REAPER_TRY_LOCK = _q("task_reaper_try_lock", "one")
-_TASK_RELEASE = _q("task_release", "one")
-_TASK_RESCUE_EXPIRED = _q("task_rescue_expired", "many")
-_TASK_RETRY = _q("task_retry", "one")
+_HEALTH_PING = _query_text("health_ping", "one")
+_MIGRATION_APPLIED = _query_text("migration_applied", "many")
+_MIGRATION_LOCK = _query_text("migration_lock", "exec")
+_MIGRATION_RECORD = _query_text("migration_record", "exec")
+_MIGRATION_TABLE_CREATE = _query_text("migration_table_create", "exec")
+_MIGRATION_UNLOCK = _query_text("migration_unlock", "exec")
+_SUGGESTION_LIST = _query_text("suggestion_list", "many")
+_SUGGESTION_LOCK_FOR_INGEST = _query_text("suggestion_lock_for_ingest", "exec")
+_SUGGESTION_UPSERT_BATCH = _query_text("suggestion_upsert_batch", "many")
+_TASK_APPROVE_MANY = _query_text("task_approve_many", "many")
+_TASK_CANCEL = _query_text("task_cancel", "one")
+_TASK_COMPLETE = _query_text("task_complete", "one")
+_TASK_DISPATCH = _query_text("task_dispatch", "one")
+_TASK_DISPATCH_KEY_LOCK = _query_text("task_dispatch_key_lock", "exec")
+_TASK_DISPATCH_MANY = _query_text("task_dispatch_many", "many")
+_TASK_EVENT_LIST = _query_text("task_event_list", "many")
+_TASK_FAIL = _query_text("task_fail", "one")
+_TASK_GET = _query_text("task_get", "one")
+_TASK_HEARTBEAT = _query_text("task_heartbeat", "one")
+_TASK_LIST = _query_text("task_list", "many")
+_TASK_LIST_BY_SUGGESTIONS = _query_text("task_list_by_suggestions", "many")
+_TASK_NOTIFY_DUE = _query_text("task_notify_due", "one")
+_TASK_PICKUP = _query_text("task_pickup", "one")
+_TASK_REAPER_TRY_LOCK = _query_text("task_reaper_try_lock", "one")
+_TASK_RELEASE = _query_text("task_release", "one")
+_TASK_RESCUE_EXPIRED = _query_text("task_rescue_expired", "many")
+_TASK_RETRY = _query_text("task_retry", "one")

@@ -8,7 +8,7 @@ from starlette.responses import Response
 _encoder = msgspec.json.Encoder()
 
 
-class JSONResponse(Response):
+class MsgspecResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:

@@ -6,12 +6,12 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..dispatcher import Dispatcher
 from ..errors import BadRequest, NotFound
-from ..http import body
 from ..metrics import DISPATCHES
 from ..models import IDEMPOTENCY_KEY, DispatchRequest
-from ..responses import JSONResponse
+from ..requests import body
+from ..responses import MsgspecResponse
+from ..state import app_state
 
 T = TypeVar("T")
 
@@ -30,9 +30,9 @@ async def dispatch_next(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not _SANE_KEY.match(key):
         raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
-    dispatcher: Dispatcher = request.app.state.dispatcher
-    lease_seconds = req.lease_seconds or request.app.state.settings.task_lease_seconds
-    waiting = dispatcher.next(req.worker_id, lease_seconds, req.wait_seconds, key)
+    state = app_state(request)
+    lease_seconds = req.lease_seconds or state.settings.task_lease_seconds
+    waiting = state.dispatcher.next(req.worker_id, lease_seconds, req.wait_seconds, key)
     try:
         task = await (_unless_disconnected(request, waiting) if req.wait_seconds > 0 else waiting)
     except ClientGone:
@@ -42,7 +42,7 @@ async def dispatch_next(request: Request) -> Response:
         DISPATCHES.labels("empty").inc()
         raise NotFound("No available tasks with status 'ready'")
     DISPATCHES.labels("assigned").inc()
-    return JSONResponse(task)
+    return MsgspecResponse(task)
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

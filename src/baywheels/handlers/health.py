@@ -3,11 +3,12 @@ from starlette.responses import Response
 
 from .. import queries
 from ..errors import Unavailable
-from ..http import pool
 from ..models import Health, Message
-from ..responses import JSONResponse
+from ..requests import pool
+from ..responses import MsgspecResponse
+from ..state import app_state
 
-_BANNER = JSONResponse(Message(message="Bay Wheels Orchestration & Dispatch Service")).body
+_BANNER = MsgspecResponse(Message(message="Bay Wheels Orchestration & Dispatch Service")).body
 
 
 async def root(request: Request) -> Response:
@@ -15,13 +16,13 @@ async def root(request: Request) -> Response:
 
 
 async def healthz(request: Request) -> Response:
-    return JSONResponse(Health(status="ok"))
+    return MsgspecResponse(Health(status="ok"))
 
 
 async def readyz(request: Request) -> Response:
     try:
         await queries.health_ping(pool(request))
     except Exception as exc:
-        retry_after = str(request.app.state.settings.retry_after)
+        retry_after = str(app_state(request).settings.retry_after)
         raise Unavailable("Database unavailable", {"Retry-After": retry_after}) from exc
-    return JSONResponse(Health(status="ready"))
+    return MsgspecResponse(Health(status="ready"))

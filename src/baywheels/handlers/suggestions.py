@@ -2,14 +2,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
-from ..http import body, pool, query
 from ..models import IngestResult, SuggestionBatch, SuggestionPage
-from ..responses import JSONResponse
+from ..requests import body, pool, query
+from ..responses import MsgspecResponse
 
 
 async def list_suggestions(request: Request) -> Response:
     page = query(request, SuggestionPage)
-    return JSONResponse(await queries.suggestion_list(pool(request), page.after_id, page.limit))
+    return MsgspecResponse(await queries.suggestion_list(pool(request), page.after_id, page.limit))
 
 
 async def ingest(request: Request) -> Response:
@@ -25,4 +25,4 @@ async def ingest(request: Request) -> Response:
     result = IngestResult(
         created=created, updated=len(rows) - created, duplicates=len(items) - len(rows), ids=ids
     )
-    return JSONResponse(result, status_code=201)
+    return MsgspecResponse(result, status_code=201)

@@ -5,7 +5,6 @@ from starlette.responses import Response
 
 from .. import queries
 from ..errors import Conflict, NotFound
-from ..http import body, optional_body, path_id, pool, query
 from ..metrics import TRANSITIONS
 from ..models import (
     ApproveManyRequest,
@@ -20,7 +19,9 @@ from ..models import (
     Task,
     TaskPage,
 )
-from ..responses import JSONResponse
+from ..requests import body, optional_body, path_id, pool, query
+from ..responses import MsgspecResponse
+from ..state import app_state
 
 
 async def approve(request: Request) -> Response:
@@ -29,11 +30,11 @@ async def approve(request: Request) -> Response:
     created = await queries.task_approve_many(db, [suggestion_id])
     if created:
         TRANSITIONS.labels("approved").inc()
-        return JSONResponse(created[0])
+        return MsgspecResponse(created[0])
     # Approved before, or by a racing request whose commit our DELETE waited for: answer with that task.
     existing = await queries.task_list_by_suggestions(db, [suggestion_id])
     if existing:
-        return JSONResponse(existing[0])
+        return MsgspecResponse(existing[0])
     raise NotFound(f"Suggestion with id {suggestion_id} not found")
 
 
@@ -50,7 +51,7 @@ async def approve_many(request: Request) -> Response:
         tasks=[by_suggestion[i] for i in ids if i in by_suggestion],
         not_found=[i for i in ids if i not in by_suggestion],
     )
-    return JSONResponse(result)
+    return MsgspecResponse(result)
 
 
 async def _refused(
@@ -77,7 +78,7 @@ def _is_holder(task: Task, worker_id: str | None, lease_id: UUID | None) -> bool
 
 def _done(task: Task, event: str) -> Response:
     TRANSITIONS.labels(event).inc()
-    return JSONResponse(task)
+    return MsgspecResponse(task)
 
 
 async def complete(request: Request) -> Response:
@@ -92,7 +93,7 @@ async def complete(request: Request) -> Response:
         and current.status == "completed"
         and _is_holder(current, req.worker_id, req.lease_id)
     ):
-        return JSONResponse(current)  # the holder retrying a completion that already went through
+        return MsgspecResponse(current)  # the holder retrying a completion that already went through
     raise await _refused(request, task_id, "complete", req.worker_id, req.lease_id)
 
 
@@ -103,7 +104,7 @@ async def heartbeat(request: Request) -> Response:
         pool(request), task_id, req.worker_id, req.lease_id, req.lease_seconds
     )
     if task is not None:
-        return JSONResponse(task)
+        return MsgspecResponse(task)
     raise await _refused(request, task_id, "extend the lease of", req.worker_id, req.lease_id)
 
 
@@ -120,7 +121,7 @@ async def pickup(request: Request) -> Response:
         and current.picked_up_at is not None
         and _is_holder(current, req.worker_id, req.lease_id)
     ):
-        return JSONResponse(current)  # already recorded: a retry
+        return MsgspecResponse(current)  # already recorded: a retry
     raise await _refused(request, task_id, "pick up", req.worker_id, req.lease_id)
 
 
@@ -136,7 +137,7 @@ async def release(request: Request) -> Response:
 async def fail(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     req = await body(request, FailRequest)
-    settings = request.app.state.settings
+    settings = app_state(request).settings
     task = await queries.task_fail(
         pool(request),
         task_id,
@@ -180,13 +181,13 @@ async def get_task(request: Request) -> Response:
     task = await queries.task_get(pool(request), task_id)
     if task is None:
         raise NotFound(f"Task with id {task_id} not found")
-    return JSONResponse(task)
+    return MsgspecResponse(task)
 
 
 async def list_tasks(request: Request) -> Response:
     page = query(request, TaskPage)
     tasks = await queries.task_list(pool(request), page.status, page.worker_id, page.after_id, page.limit)
-    return JSONResponse(tasks)
+    return MsgspecResponse(tasks)
 
 
 async def task_events(request: Request) -> Response:
@@ -195,4 +196,4 @@ async def task_events(request: Request) -> Response:
     events = await queries.task_event_list(db, task_id)
     if not events and await queries.task_get(db, task_id) is None:
         raise NotFound(f"Task with id {task_id} not found")
-    return JSONResponse(events)
+    return MsgspecResponse(events)

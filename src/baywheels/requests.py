@@ -1,4 +1,4 @@
-"""Request helpers shared by the handlers: typed state, body and query decoding, path ids."""
+"""Request helpers shared by the handlers: the pool, body and query decoding, path ids."""
 
 from typing import Any, TypeVar, cast
 
@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from .errors import NotFound
 from .models import INT64_MAX
+from .state import app_state
 
 T = TypeVar("T")
 
@@ -16,7 +17,7 @@ _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 def pool(request: Request) -> asyncpg.Pool:
     """The pool opened by the lifespan."""
-    return cast(asyncpg.Pool, request.app.state.pool)
+    return app_state(request).pool
 
 
 def _decoder(type_: type[T]) -> msgspec.json.Decoder[T]:

@@ -1,0 +1,26 @@
+"""What the lifespan opens and every request may use, as one typed object (Starlette's lifespan state)."""
+
+from dataclasses import dataclass
+from typing import cast
+
+import asyncpg
+from starlette.requests import Request
+
+from .dispatcher import Dispatcher
+from .settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class AppState:
+    settings: Settings
+    pool: asyncpg.Pool
+    dispatcher: Dispatcher
+
+
+# The lifespan yields {STATE_KEY: AppState}; Starlette hands each request a copy as ``request.state``.
+STATE_KEY = "app"
+
+
+def app_state(request: Request) -> AppState:
+    """The one untyped read of the lifespan's state, made typed for everyone else."""
+    return cast(AppState, getattr(request.state, STATE_KEY))
