@@ -108,12 +108,18 @@ def test_the_pgbench_script_is_the_dispatch_statement() -> None:
         line for line in sql.text("task_dispatch").splitlines() if not line.lstrip().startswith("--")
     )
     assert "NULL::text" not in statement
+    assert "NULL::timestamptz" not in statement
     assert "$" not in script
     assert script.count(":worker") == statement.count("$1") > 0
     assert script.count(":lease") == statement.count("$2") > 0
     # Nothing but the parameters differs.
     body = script.split("\\set lease 1800\n", 1)[1]
-    restored = body.replace(":worker", "$1").replace(":lease", "$2").replace("NULL::text", "$3::text")
+    restored = (
+        body.replace(":worker", "$1")
+        .replace(":lease", "$2")
+        .replace("NULL::text", "$3::text")
+        .replace("NULL::timestamptz", "$4::timestamptz")
+    )
     assert restored.strip() == statement.strip()
 
 

@@ -47,7 +47,13 @@ async def test_health(client: httpx.AsyncClient) -> None:
         ("GET", "/task/99999999999999999999999", "Task with id 99999999999999999999999 not found"),
         ("GET", "/task/99999999999999999999999/events", "Task with id 99999999999999999999999 not found"),
         ("POST", "/task/99999999999999999999999/complete", "Task with id 99999999999999999999999 not found"),
+        # Past Python's 4,300-digit limit of int(): routing used to raise (a 500). The detail stays short.
+        ("GET", f"/task/{'9' * 4301}", f"Task with id {'9' * 20}... (4301 digits) not found"),
+        ("POST", f"/task/{'9' * 4301}/cancel", f"Task with id {'9' * 20}... (4301 digits) not found"),
+        ("GET", f"/task/{'1' * 60_000}/events", f"Task with id {'1' * 20}... (60000 digits) not found"),
+        ("GET", f"/task/{'0' * 5000}7", "Task with id 7 not found"),
     ],
+    ids=lambda value: value if len(value) < 60 else f"{value[:25]}...",
 )
 async def test_unknown_paths_and_ids_are_404(
     client: httpx.AsyncClient, method: str, path: str, detail: str

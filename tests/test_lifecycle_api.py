@@ -339,6 +339,25 @@ async def test_cancel_racing_complete_over_http_has_one_winner_per_round(client:
     assert len(tasks) == rounds
 
 
+async def test_a_holders_racing_repeats_of_complete_all_get_the_completed_task(
+    client: httpx.AsyncClient,
+) -> None:
+    """A phone retrying before its first call was answered: the repeats that lose the race read the task as
+    the winner left it (completed by this holder), so every call gets 200 and one completion is recorded."""
+    rounds = 10
+    await make_tasks(client, rounds)
+    held = [await dispatch(client, f"w{i}") for i in range(rounds)]
+
+    async def race(task: dict[str, Any]) -> list[httpx.Response]:
+        url = f"/task/{task['id']}/complete"
+        return list(await asyncio.gather(*(client.post(url, json=holder(task)) for _ in range(3))))
+
+    for task, responses in zip(held, await asyncio.gather(*(race(t) for t in held)), strict=True):
+        assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
+        assert {r.json()["status"] for r in responses} == {"completed"}
+        assert [e[0] for e in await history(client, task["id"])] == ["approved", "assigned", "completed"]
+
+
 async def test_same_idempotency_key_returns_the_same_task(client: httpx.AsyncClient) -> None:
     await make_tasks(client, 3)
 

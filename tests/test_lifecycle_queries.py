@@ -1,12 +1,14 @@
 """Task lifecycle at the query level, against real PostgreSQL: rescue of expired leases, heartbeats, backoff
-arithmetic, the schema's state constraints, and racing transitions over separate connections.
+arithmetic, refused changes answered in one statement, the schema's state constraints, and racing transitions
+over separate connections.
 
-Time is controlled, never waited for: a lease "runs out" when the test moves lease_expires_at into the past,
-and backoff is read from available_at."""
+Time is controlled, never waited for: the state changes take the clock (``now=``), so a test says when a
+call happens; the reaper's rescue reads the database's clock, so a lease "runs out" when the test moves
+lease_expires_at into the past."""
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from uuid import UUID
 
@@ -48,10 +50,26 @@ async def events(pool: asyncpg.Pool, task_id: int) -> list[tuple[str, str | None
     return [(e.event, e.worker_id, e.detail) for e in await queries.task_event_list(pool, task_id)]
 
 
-async def dispatch(pool: asyncpg.Pool, worker_id: str, lease_seconds: int = 60) -> Task:
-    task = await queries.task_dispatch(pool, worker_id, lease_seconds, None)
+async def dispatch(
+    pool: asyncpg.Pool, worker_id: str, lease_seconds: int = 60, now: datetime | None = None
+) -> Task:
+    task = await queries.task_dispatch(pool, worker_id, lease_seconds, None, now)
     assert task is not None
     return task
+
+
+def changed(result: queries.TaskChange | None) -> Task:
+    """The task a state change changed."""
+    assert result is not None
+    assert result.changed, result.task
+    return result.task
+
+
+def refused(result: queries.TaskChange | None) -> Task:
+    """The task as it is, returned by a state change that did not apply."""
+    assert result is not None
+    assert not result.changed, result.task
+    return result.task
 
 
 async def test_expired_lease_goes_back_to_ready_for_another_worker(pool: asyncpg.Pool) -> None:
@@ -68,11 +86,11 @@ async def test_expired_lease_goes_back_to_ready_for_another_worker(pool: asyncpg
     second = await dispatch(pool, "w2")
     assert (second.id, second.worker_id, second.attempts) == (task.id, "w2", 1)
     assert second.lease_id not in (None, first.lease_id)
-    # The first worker's late completion matches no row: its lease is gone.
-    assert await queries.task_complete(pool, task.id, "w1", first.lease_id) is None
-    assert await queries.task_complete(pool, task.id, "w1", None) is None
-    done = await queries.task_complete(pool, task.id, "w2", second.lease_id)
-    assert done is not None
+    # The first worker's late completion changes nothing: its lease is gone, and the task says who holds it.
+    late = refused(await queries.task_complete(pool, task.id, "w1", first.lease_id))
+    assert (late.status, late.worker_id, late.lease_id) == ("assigned", "w2", second.lease_id)
+    assert refused(await queries.task_complete(pool, task.id, "w1", None)) == late
+    done = changed(await queries.task_complete(pool, task.id, "w2", second.lease_id))
     assert done.status == "completed"
     assert await events(pool, task.id) == [
         ("approved", None, None),
@@ -102,17 +120,15 @@ async def test_rescue_leaves_unexpired_leases_alone(pool: asyncpg.Pool) -> None:
 async def test_heartbeat_moves_the_lease_forward_and_keeps_the_task(pool: asyncpg.Pool) -> None:
     (task,) = await make_tasks(pool, 1)
     held = await dispatch(pool, "w1", lease_seconds=600)
+    expires = held.lease_expires_at
     for _ in range(3):
-        # The lease is about to run out when the heartbeat arrives...
-        await pool.execute(
-            "UPDATE tasks SET lease_expires_at = now() + interval '1 second' WHERE id = $1", task.id
-        )
-        before = await pool.fetchval("SELECT lease_expires_at FROM tasks WHERE id = $1", task.id)
-        beat = await queries.task_heartbeat(pool, task.id, "w1", held.lease_id, None)
+        assert expires is not None
+        # The heartbeat arrives a second before the lease runs out...
+        at = expires - timedelta(seconds=1)
+        beat = changed(await queries.task_heartbeat(pool, task.id, "w1", held.lease_id, None, now=at))
         # ...and pushes it a whole lease length (the dispatched 600 s) ahead.
-        assert beat is not None
-        assert beat.lease_expires_at is not None
-        assert beat.lease_expires_at - before > timedelta(seconds=500)
+        assert beat.lease_expires_at == at + timedelta(seconds=600)
+        expires = beat.lease_expires_at
         assert await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000) == []
 
     current = await queries.task_get(pool, task.id)
@@ -123,11 +139,10 @@ async def test_heartbeat_moves_the_lease_forward_and_keeps_the_task(pool: asyncp
         held.lease_id,
         0,
     )
-    # A heartbeat may also ask for a new length. (now() is the same throughout one transaction.)
-    async with pool.acquire() as conn, conn.transaction():
-        beat = await queries.task_heartbeat(conn, task.id, "w1", held.lease_id, 30)
-        assert beat is not None
-        assert beat.lease_expires_at == await conn.fetchval("SELECT now() + interval '30 seconds'")
+    # A heartbeat may also ask for a new length.
+    assert expires is not None
+    beat = changed(await queries.task_heartbeat(pool, task.id, "w1", held.lease_id, 30, now=expires))
+    assert beat.lease_expires_at == expires + timedelta(seconds=30)
 
 
 async def test_heartbeat_from_a_non_holder_or_stale_lease_changes_nothing(pool: asyncpg.Pool) -> None:
@@ -135,8 +150,8 @@ async def test_heartbeat_from_a_non_holder_or_stale_lease_changes_nothing(pool: 
     held = await dispatch(pool, "w1")
     before = await pool.fetchval("SELECT lease_expires_at FROM tasks WHERE id = $1", task.id)
 
-    assert await queries.task_heartbeat(pool, task.id, "w2", None, None) is None
-    assert await queries.task_heartbeat(pool, task.id, "w1", UUID(int=1), None) is None
+    assert refused(await queries.task_heartbeat(pool, task.id, "w2", None, None)).lease_expires_at == before
+    assert refused(await queries.task_heartbeat(pool, task.id, "w1", UUID(int=1), None)).worker_id == "w1"
 
     assert await pool.fetchval("SELECT lease_expires_at FROM tasks WHERE id = $1", task.id) == before
     assert held.lease_id is not None
@@ -163,9 +178,10 @@ async def test_expired_lease_at_max_attempts_dead_letters_the_task(pool: asyncpg
 async def test_expired_lease_after_pickup_stalls_the_task(pool: asyncpg.Pool) -> None:
     (task,) = await make_tasks(pool, 1)
     held = await dispatch(pool, "w1")
-    picked = await queries.task_pickup(pool, task.id, "w1", held.lease_id)
-    assert picked is not None
+    picked = changed(await queries.task_pickup(pool, task.id, "w1", held.lease_id))
     assert picked.picked_up_at is not None
+    # Again: nothing changes (the handler answers the holder's repeat with this task).
+    assert refused(await queries.task_pickup(pool, task.id, "w1", held.lease_id)) == picked
 
     await expire_lease(pool, task.id)
     (rescued,) = await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000)
@@ -195,10 +211,12 @@ async def test_rescue_takes_at_most_the_batch_and_oldest_expiry_first(pool: asyn
 async def test_fail_backoff_doubles_from_the_base_and_is_capped_at_an_hour(pool: asyncpg.Pool) -> None:
     (task,) = await make_tasks(pool, 1)
     delays = []
+    clock = task.available_at
     for attempt in range(1, 5):
-        held = await dispatch(pool, "w1")
-        failed = await queries.task_fail(pool, task.id, "w1", held.lease_id, f"flat tyre {attempt}", 30, 10)
-        assert failed is not None
+        held = await dispatch(pool, "w1", now=clock)
+        failed = changed(
+            await queries.task_fail(pool, task.id, "w1", held.lease_id, f"flat tyre {attempt}", 30, 10, clock)
+        )
         assert (failed.status, failed.attempts, failed.last_error, failed.worker_id, failed.lease_id) == (
             "ready",
             attempt,
@@ -206,35 +224,30 @@ async def test_fail_backoff_doubles_from_the_base_and_is_capped_at_an_hour(pool:
             None,
             None,
         )
-        # The event's `at` is the failing statement's now(), so the difference is the backoff exactly.
-        at = await pool.fetchval(
-            "SELECT max(at) FROM task_events WHERE task_id = $1 AND event = 'attempt_failed'", task.id
-        )
-        delays.append((failed.available_at - at).total_seconds())
+        delays.append((failed.available_at - clock).total_seconds())
         # Not dispatched during the backoff...
-        assert await queries.task_dispatch(pool, "w2", 60, None) is None
-        # ...and, once it is over (the test moves the clock instead of waiting), dispatched again.
-        await pool.execute("UPDATE tasks SET available_at = now() WHERE id = $1", task.id)
+        just_before = failed.available_at - timedelta(microseconds=1)
+        assert await queries.task_dispatch(pool, "w2", 60, None, just_before) is None
+        # ...and, once it is over, dispatched again.
+        clock = failed.available_at
 
     assert delays == [30, 60, 120, 240]
 
-    held = await dispatch(pool, "w1")
+    held = await dispatch(pool, "w1", now=clock)
     await pool.execute("UPDATE tasks SET attempts = 8 WHERE id = $1", task.id)  # 30 * 2^8 > 3600
-    async with pool.acquire() as conn, conn.transaction():
-        failed = await queries.task_fail(conn, task.id, "w1", held.lease_id, "again", 30, 10)
-        assert failed is not None
-        assert failed.attempts == 9
-        assert failed.available_at == await conn.fetchval("SELECT now() + interval '1 hour'")
+    failed = changed(await queries.task_fail(pool, task.id, "w1", held.lease_id, "again", 30, 10, clock))
+    assert failed.attempts == 9
+    assert failed.available_at == clock + timedelta(hours=1)
 
 
 async def test_fail_with_zero_backoff_is_ready_at_once_and_dead_letters_at_max(pool: asyncpg.Pool) -> None:
     (task,) = await make_tasks(pool, 1)
     for attempt in range(1, 4):
         held = await dispatch(pool, "w1")
-        failed = await queries.task_fail(pool, task.id, "w1", held.lease_id, f"error {attempt}", 0, 3)
-        assert failed is not None
+        failed = changed(
+            await queries.task_fail(pool, task.id, "w1", held.lease_id, f"error {attempt}", 0, 3)
+        )
         assert failed.attempts == attempt
-    assert failed is not None
     assert (failed.status, failed.last_error, failed.worker_id) == ("failed", "error 3", "w1")
     assert await queries.task_dispatch(pool, "w2", 60, None) is None
     assert [e[0] for e in await events(pool, task.id)] == [
@@ -244,10 +257,88 @@ async def test_fail_with_zero_backoff_is_ready_at_once_and_dead_letters_at_max(p
         "failed",
     ]
 
-    retried = await queries.task_retry(pool, task.id, "fixed the van")
-    assert retried is not None
+    retried = changed(await queries.task_retry(pool, task.id, "fixed the van"))
     assert (retried.status, retried.attempts, retried.worker_id) == ("ready", 0, None)
     assert (await dispatch(pool, "w2")).id == task.id
+
+
+def state_changes(task_id: int) -> dict[str, Callable[[queries.Conn], Awaitable[queries.TaskChange | None]]]:
+    """Every state change a call on one task makes, as worker w1 would call it."""
+    return {
+        "complete": partial(queries.task_complete, task_id=task_id, worker_id="w1", lease_id=None),
+        "heartbeat": partial(
+            queries.task_heartbeat, task_id=task_id, worker_id="w1", lease_id=None, lease_seconds=None
+        ),
+        "pickup": partial(queries.task_pickup, task_id=task_id, worker_id="w1", lease_id=None),
+        "release": partial(queries.task_release, task_id=task_id, worker_id="w1", lease_id=None, reason=None),
+        "fail": partial(
+            queries.task_fail,
+            task_id=task_id,
+            worker_id="w1",
+            lease_id=None,
+            error="e",
+            backoff_seconds=0,
+            max_attempts=5,
+        ),
+        "cancel": partial(queries.task_cancel, task_id=task_id, reason=None),
+        "retry": partial(queries.task_retry, task_id=task_id, reason=None),
+    }
+
+
+async def test_a_refused_change_returns_the_task_as_it_is_and_an_unknown_task_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    (task,) = await make_tasks(pool, 1)
+    for name, change in state_changes(task.id).items():
+        if name != "cancel":  # the one change a ready task allows
+            assert refused(await change(pool)) == task, name
+    for name, change in state_changes(task.id + 1000).items():
+        assert await change(pool) is None, name
+    assert await events(pool, task.id) == [("approved", None, None)]
+
+
+async def test_the_clock_passed_in_is_the_time_of_the_change_and_its_event(pool: asyncpg.Pool) -> None:
+    noon = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)
+    minutes = [timedelta(minutes=m) for m in range(91)]
+    suggestion_id = await pool.fetchval(
+        "INSERT INTO suggestions (from_station_id, to_station_id, qty, reason) VALUES (1, 2, 3, 't') "
+        "RETURNING id"
+    )
+    (task,) = await queries.task_approve_many(pool, [suggestion_id], noon)
+    assert (task.created_at, task.available_at) == (noon, noon)
+    # Not yet due a second before noon, then taken at noon.
+    assert await queries.task_dispatch(pool, "w1", 60, None, noon - timedelta(seconds=1)) is None
+    held = await dispatch(pool, "w1", now=noon)
+    assert (held.assigned_at, held.lease_expires_at) == (noon, noon + timedelta(seconds=60))
+    picked = changed(await queries.task_pickup(pool, task.id, "w1", None, noon + minutes[5]))
+    assert picked.picked_up_at == noon + minutes[5]
+    changed(await queries.task_cancel(pool, task.id, None, noon + minutes[20]))
+    retried = changed(await queries.task_retry(pool, task.id, None, noon + minutes[60]))
+    assert retried.available_at == noon + minutes[60]
+    (again,) = (await queries.task_dispatch_many(pool, ["w2"], [60], noon + minutes[60])).values()
+    assert again.assigned_at == noon + minutes[60]
+    released = changed(await queries.task_release(pool, task.id, "w2", None, None, noon + minutes[70]))
+    assert released.available_at == noon + minutes[70]
+    await dispatch(pool, "w3", now=noon + minutes[80])
+    failed = changed(await queries.task_fail(pool, task.id, "w3", None, "e", 60, 5, noon + minutes[85]))
+    assert failed.available_at == noon + minutes[86]  # the backoff runs from the clock passed in
+    await dispatch(pool, "w3", now=noon + minutes[86])
+    done = changed(await queries.task_complete(pool, task.id, "w3", None, noon + minutes[90]))
+    assert done.completed_at == noon + minutes[90]
+    history = [(e.event, e.at - noon) for e in await queries.task_event_list(pool, task.id)]
+    assert history == [
+        ("approved", minutes[0]),
+        ("assigned", minutes[0]),
+        ("picked_up", minutes[5]),
+        ("canceled", minutes[20]),
+        ("retried", minutes[60]),
+        ("assigned", minutes[60]),
+        ("released", minutes[70]),
+        ("assigned", minutes[80]),
+        ("attempt_failed", minutes[85]),
+        ("assigned", minutes[86]),
+        ("completed", minutes[90]),
+    ]
 
 
 async def test_database_rejects_an_unknown_status(pool: asyncpg.Pool) -> None:
@@ -320,9 +411,13 @@ async def test_cancel_racing_complete_has_exactly_one_winner(pool: asyncpg.Pool)
             results = await asyncio.gather(first_call, second_call)
             canceled, completed = results if n % 2 == 0 else results[::-1]
 
-            assert (canceled is None) != (completed is None)
-            winner = "canceled" if canceled is not None else "completed"
+            assert canceled is not None
+            assert completed is not None
+            assert canceled.changed != completed.changed
+            winner = "canceled" if canceled.changed else "completed"
             wins[winner] += 1
+            # The loser's one statement returns the task as the winner left it, not as its snapshot saw it.
+            assert canceled.task.status == completed.task.status == winner
             current = await queries.task_get(pool, task.id)
             assert current is not None
             assert current.status == winner

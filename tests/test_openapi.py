@@ -1,17 +1,28 @@
-"""/openapi.json describes every route of the table with consistent schemas, and the docs pages render from
-local files only."""
+"""/openapi.json describes every route the handlers declare, with the body types they decode and the errors
+they can give, and the docs pages render from local files only."""
 
 import re
+import typing
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
 
-from baywheels.routes import ENDPOINTS
+from baywheels import settings
+from baywheels.app import create_app
+from baywheels.endpoints import Endpoints
+from baywheels.handlers import ENDPOINTS
+from baywheels.models import Task
 from helpers import TASK_KEYS, json_of
 
 PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+# Served, but not part of the API the document describes.
+UNDOCUMENTED = {"/metrics", "/openapi.json", "/docs", "/docs/init.js", "/redoc", "/static/docs"}
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -55,6 +66,7 @@ def test_operations_are_complete(spec: dict[str, Any]) -> None:
         assert operation["summary"] == endpoint.summary
         assert str(endpoint.status) in operation["responses"]
         for status in endpoint.errors:
+            assert str(status) in operation["responses"], (endpoint.path, status)
             error = operation["responses"][str(status)]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/Error"}
         if endpoint.body is not None:
@@ -65,6 +77,74 @@ def test_operations_are_complete(spec: dict[str, Any]) -> None:
         path_params = [p["name"] for p in operation.get("parameters", ()) if p["in"] == "path"]
         assert path_params == PATH_PARAM.findall(endpoint.path)
     assert len(set(operation_ids)) == len(operation_ids)
+
+
+def test_every_route_is_documented(spec: dict[str, Any], service_settings: settings.Settings) -> None:
+    """A route added to the app directly, bypassing the handlers' declarations, fails here."""
+    served: set[tuple[str, str]] = set()
+    for route in create_app(service_settings).routes:
+        if isinstance(route, Mount) or route.path in UNDOCUMENTED:
+            assert isinstance(route, Mount | Route)
+            assert route.path in UNDOCUMENTED
+            continue
+        assert isinstance(route, Route), route
+        path = PATH_PARAM.sub(r"{\1}", route.path)
+        served |= {(path, method.lower()) for method in route.methods or () if method != "HEAD"}
+    documented = {(path, method) for path, operations in spec["paths"].items() for method in operations}
+    assert served == documented
+
+
+def component(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema with its top-level $ref resolved."""
+    if "$ref" in schema:
+        resolved: dict[str, Any] = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        return resolved
+    return schema
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.operation_id)
+def test_every_handler_decodes_the_body_type_the_document_names(spec: dict[str, Any], endpoint: Any) -> None:
+    """Read from the handler's own signature, not from the declaration that builds the document."""
+    hints = typing.get_type_hints(endpoint.handler, include_extras=True)
+    operation = spec["paths"][PATH_PARAM.sub(r"{\1}", endpoint.path)][endpoint.method.lower()]
+    if "body" not in hints:
+        assert "requestBody" not in operation
+    else:
+        (expected,), components = msgspec.json.schema_components(
+            [hints["body"]], ref_template="#/components/schemas/{name}"
+        )
+        named = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert named == expected
+        for name, schema in components.items():
+            assert spec["components"]["schemas"][name] == schema
+        assert component(spec, named)  # a schema, not an empty placeholder
+    query = [p["name"] for p in operation.get("parameters", ()) if p["in"] == "query"]
+    assert query == list(getattr(hints.get("query"), "__struct_fields__", ()))
+
+
+def test_common_errors_follow_from_what_an_endpoint_takes(spec: dict[str, Any]) -> None:
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            parameters = {p["in"] for p in operation.get("parameters", ())}
+            has_body = "requestBody" in operation
+            assert ("400" in statuses) is (has_body or "query" in parameters or "header" in parameters), path
+            assert ("413" in statuses) is has_body, (method, path)
+            assert ("404" in statuses) is (
+                "path" in parameters or path in ("/task/approve", "/dispatch/next")
+            )
+            # Only the banner and the liveness probe answer without the database.
+            assert ("503" in statuses) is (path not in ("/", "/healthz")), (method, path)
+
+
+def test_a_handler_takes_only_what_can_be_decoded() -> None:
+    endpoints = Endpoints("test")
+
+    async def handler(request: Request, task: Task) -> Response:
+        raise AssertionError
+
+    with pytest.raises(TypeError, match=r"must take \(request\[, body\]\[, query\]\)"):
+        endpoints.post("/x", "X", Task)(handler)
 
 
 def test_every_ref_names_a_component(spec: dict[str, Any]) -> None:

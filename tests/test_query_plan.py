@@ -6,6 +6,7 @@ partial index whose predicate a point lookup implies) shows up as a scan of a wh
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -49,6 +50,10 @@ async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
     return pool
 
 
+# The clock the service passes (None: the database's) and one a test passes.
+CLOCKS = [None, datetime(2030, 1, 1, tzinfo=UTC)]
+
+
 @pytest.mark.parametrize(
     ("query", "args"),
     [
@@ -58,10 +63,14 @@ async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
     ],
     ids=["single", "with idempotency key", "coalesced"],
 )
+@pytest.mark.parametrize("clock", CLOCKS, ids=["database clock", "clock passed in"])
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 async def test_dispatch_uses_the_ready_index(
-    history: asyncpg.Pool, query: str, args: tuple[Any, ...]
+    history: asyncpg.Pool, query: str, args: tuple[Any, ...], clock: datetime | None, plan_cache_mode: str
 ) -> None:
-    explained = await history.fetchval(f"EXPLAIN (FORMAT JSON) {sql.text(query)}", *args)
+    async with history.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+        explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql.text(query)}", *args, clock)
     plan = json.loads(explained)[0]["Plan"]
     scans = [
         node for node in nodes(plan) if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]
@@ -72,7 +81,7 @@ async def test_dispatch_uses_the_ready_index(
 
 async def test_dispatch_takes_the_best_ready_task_among_the_history(history: asyncpg.Pool) -> None:
     """The plan is not only cheap but right: of thousands of tasks, the highest-priority ready one."""
-    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None)
+    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None)
     assert row is not None
     assert (row["status"], row["priority"], row["worker_id"]) == ("assigned", 2, "new-worker")
     # Ids follow g: the first ready task with g % 3 == 2.
@@ -108,15 +117,16 @@ HELD = COMPLETED + ASSIGNED // 2
 @pytest.mark.parametrize(
     ("query", "args"),
     [
-        ("task_complete", (HELD, f"w{HELD}", LEASE)),
-        ("task_complete", (HELD, None, None)),
-        ("task_heartbeat", (HELD, f"w{HELD}", LEASE, None)),
-        ("task_pickup", (HELD, f"w{HELD}", None)),
-        ("task_fail", (HELD, f"w{HELD}", LEASE, "jammed", 30, 5)),
-        ("task_release", (HELD, f"w{HELD}", None, None)),
-        ("task_cancel", (HELD, None)),
+        ("task_complete", (HELD, f"w{HELD}", LEASE, None)),
+        ("task_complete", (HELD, None, None, None)),
+        ("task_heartbeat", (HELD, f"w{HELD}", LEASE, None, None)),
+        ("task_pickup", (HELD, f"w{HELD}", None, None)),
+        ("task_fail", (HELD, f"w{HELD}", LEASE, "jammed", 30, 5, None)),
+        ("task_release", (HELD, f"w{HELD}", None, None, None)),
+        ("task_cancel", (HELD, None, None)),
+        ("task_retry", (HELD, None, None)),
     ],
-    ids=["complete", "complete without body", "heartbeat", "pickup", "fail", "release", "cancel"],
+    ids=["complete", "complete without body", "heartbeat", "pickup", "fail", "release", "cancel", "retry"],
 )
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 async def test_calls_on_one_task_find_it_by_id_on_stale_statistics(

@@ -1,13 +1,20 @@
 -- Tasks: approval, dispatch, the holder's calls, operator actions, rescue and reads. Every state change is
 -- one conditional UPDATE, so the database (not Python) decides who wins a race, and each writes its
 -- task_events row in the same statement. Calls from a holder match worker_id and, when given, lease_id: a
--- late call from an earlier lease of the same task finds no row. No row back means "not allowed now": the
--- caller reads the task to say why.
+-- late call from an earlier lease of the same task changes nothing.
+--
+-- A call on one task returns the task with `changed`: the updated row (true), else the row as it is (false,
+-- as River's JobCancel), else no row when there is no such task, so the caller says why from this one
+-- result. The unchanged row is read FOR UPDATE: when the UPDATE waited for a racing change and then no longer
+-- matched, the lock reads that change's result, where the statement's snapshot still shows the row before it.
+--
+-- The clock is a parameter, `coalesce($n::timestamptz, now())` (as River's queries take it): the service
+-- passes null, tests pass the time they need.
 
 -- name: task_approve_many :many
 -- Turn pending suggestions into ready tasks and delete the suggestions, in one statement. Returns only the
 -- tasks this call created: ids approved earlier (or by a racing call, whose DELETE this one waited for) are
--- read afterwards with task_list_by_suggestions, which runs with a fresh snapshot.
+-- read afterwards with task_list_by_suggestions, which runs with a fresh snapshot. $2 is the clock.
 WITH approved AS (
     DELETE FROM suggestions
     WHERE id = ANY($1::bigint[])
@@ -15,21 +22,23 @@ WITH approved AS (
 ),
 created AS (
     INSERT INTO tasks (
-        suggestion_id, from_station_id, to_station_id, qty, reason, priority, not_before, available_at
+        suggestion_id, from_station_id, to_station_id, qty, reason, priority, not_before, created_at,
+        available_at
     )
-    SELECT id, from_station_id, to_station_id, qty, reason, priority, not_before, coalesce(not_before, now())
+    SELECT id, from_station_id, to_station_id, qty, reason, priority, not_before,
+           coalesce($2::timestamptz, now()), coalesce(not_before, $2::timestamptz, now())
     FROM approved
     ORDER BY id
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event)
-    SELECT id, 'approved' FROM created
+    INSERT INTO task_events (task_id, event, at)
+    SELECT id, 'approved', created_at FROM created
 )
 SELECT * FROM created;
 
 -- name: task_cancel :one
--- Operator: withdraw a task that is not finished. The holder's later calls then get 409.
+-- Operator: withdraw a task that is not finished, with reason $2 at $3. The holder's later calls then get 409.
 WITH canceled AS (
     UPDATE tasks
     SET status = 'canceled', lease_expires_at = NULL
@@ -37,16 +46,21 @@ WITH canceled AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail)
-    SELECT id, 'canceled', worker_id, $2::text FROM canceled
+    INSERT INTO task_events (task_id, event, worker_id, detail, at)
+    SELECT id, 'canceled', worker_id, $2::text, coalesce($3::timestamptz, now()) FROM canceled
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM canceled) FOR UPDATE
 )
-SELECT * FROM canceled;
+SELECT true AS changed, * FROM canceled
+UNION ALL
+SELECT false, * FROM unchanged;
 
 -- name: task_complete :one
--- Finish a task held by $2 (any holder when null) under lease $3 (any when null).
+-- Finish a task held by $2 (any holder when null) under lease $3 (any when null), at $4.
 WITH completed AS (
     UPDATE tasks
-    SET status = 'completed', completed_at = now(), lease_expires_at = NULL
+    SET status = 'completed', completed_at = coalesce($4::timestamptz, now()), lease_expires_at = NULL
     WHERE id = $1
       AND status = 'assigned'
       AND ($2::text IS NULL OR worker_id = $2::text)
@@ -54,16 +68,22 @@ WITH completed AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id)
-    SELECT id, 'completed', worker_id FROM completed
+    INSERT INTO task_events (task_id, event, worker_id, at)
+    SELECT id, 'completed', worker_id, completed_at FROM completed
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM completed) FOR UPDATE
 )
-SELECT * FROM completed;
+SELECT true AS changed, * FROM completed
+UNION ALL
+SELECT false, * FROM unchanged;
 
 -- name: task_dispatch :one
 -- Assign the best available ready task to worker $1 for $2 seconds: highest priority, then oldest, then
 -- lowest id. The inner SELECT walks tasks_ready_idx; SKIP LOCKED lets concurrent dispatchers each take a
 -- different row instead of queueing behind the first, and the row lock lasts only this statement.
--- With an idempotency key $3, a task this worker already holds under that key is returned instead.
+-- With an idempotency key $3, a task this worker already holds under that key is returned instead. $4 is
+-- the clock (available_at stays a filter on the index scan, whichever clock).
 WITH held AS (
     SELECT *
     FROM tasks
@@ -71,14 +91,15 @@ WITH held AS (
 ),
 assigned AS (
     UPDATE tasks
-    SET status = 'assigned', worker_id = $1, assigned_at = now(), lease_id = gen_random_uuid(),
-        lease_seconds = $2::integer, lease_expires_at = now() + make_interval(secs => $2::integer),
+    SET status = 'assigned', worker_id = $1, assigned_at = coalesce($4::timestamptz, now()),
+        lease_id = gen_random_uuid(), lease_seconds = $2::integer,
+        lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
         dispatch_key = $3::text,
         picked_up_at = NULL
     WHERE id = (
         SELECT id
         FROM tasks
-        WHERE status = 'ready' AND available_at <= now()
+        WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
         ORDER BY priority DESC, created_at, id
         LIMIT 1
         FOR UPDATE SKIP LOCKED
@@ -87,8 +108,8 @@ assigned AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id)
-    SELECT id, 'assigned', worker_id FROM assigned
+    INSERT INTO task_events (task_id, event, worker_id, at)
+    SELECT id, 'assigned', worker_id, assigned_at FROM assigned
 )
 SELECT * FROM held
 UNION ALL
@@ -102,15 +123,16 @@ SELECT pg_advisory_xact_lock(hashtext('baywheels.dispatch_key'), hashtext($1::te
 
 -- name: task_dispatch_many :many
 -- Coalesced dispatch: pair up to n locked ready tasks, in dispatch order, with n waiting workers in arrival
--- order ($1 worker ids, $2 lease seconds), so one commit serves many workers. Returns each assigned task with
--- the 1-based position (ord) of the worker it went to; workers past the last task get nothing.
+-- order ($1 worker ids, $2 lease seconds; $3 the clock), so one commit serves many workers. Returns each
+-- assigned task with the 1-based position (ord) of the worker it went to; workers past the last task get
+-- nothing.
 WITH waiting AS (
     SELECT * FROM unnest($1::text[], $2::integer[]) WITH ORDINALITY AS w (worker_id, lease_seconds, ord)
 ),
 locked AS (
     SELECT id, priority, created_at
     FROM tasks
-    WHERE status = 'ready' AND available_at <= now()
+    WHERE status = 'ready' AND available_at <= coalesce($3::timestamptz, now())
     ORDER BY priority DESC, created_at, id
     LIMIT cardinality($1::text[])
     FOR UPDATE SKIP LOCKED
@@ -123,16 +145,17 @@ paired AS (
 ),
 assigned AS (
     UPDATE tasks t
-    SET status = 'assigned', worker_id = p.worker_id, assigned_at = now(), lease_id = gen_random_uuid(),
-        lease_seconds = p.lease_seconds, lease_expires_at = now() + make_interval(secs => p.lease_seconds),
+    SET status = 'assigned', worker_id = p.worker_id, assigned_at = coalesce($3::timestamptz, now()),
+        lease_id = gen_random_uuid(), lease_seconds = p.lease_seconds,
+        lease_expires_at = coalesce($3::timestamptz, now()) + make_interval(secs => p.lease_seconds),
         dispatch_key = NULL, picked_up_at = NULL
     FROM paired p
     WHERE t.id = p.id
     RETURNING t.*, p.ord
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id)
-    SELECT id, 'assigned', worker_id FROM assigned
+    INSERT INTO task_events (task_id, event, worker_id, at)
+    SELECT id, 'assigned', worker_id, assigned_at FROM assigned
 )
 SELECT * FROM assigned;
 
@@ -146,7 +169,7 @@ ORDER BY id;
 -- name: task_fail :one
 -- The holder reports a failed attempt with error $4. Below max attempts ($6) the task is ready again after
 -- an exponential backoff (base $5 seconds, doubling per attempt, capped at an hour); at max it is 'failed',
--- the dead letter.
+-- the dead letter. $7 is the clock.
 WITH failed AS (
     UPDATE tasks
     SET attempts = attempts + 1,
@@ -158,7 +181,8 @@ WITH failed AS (
         lease_expires_at = NULL,
         dispatch_key = NULL,
         picked_up_at = NULL,
-        available_at = now() + make_interval(secs => least($5::double precision * 2 ^ attempts, 3600))
+        available_at = coalesce($7::timestamptz, now())
+            + make_interval(secs => least($5::double precision * 2 ^ attempts, 3600))
     WHERE id = $1
       AND status = 'assigned'
       AND worker_id = $2
@@ -166,24 +190,40 @@ WITH failed AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail)
-    SELECT id, CASE status WHEN 'failed' THEN 'failed' ELSE 'attempt_failed' END, $2, $4 FROM failed
+    INSERT INTO task_events (task_id, event, worker_id, detail, at)
+    SELECT id, CASE status WHEN 'failed' THEN 'failed' ELSE 'attempt_failed' END, $2, $4,
+           coalesce($7::timestamptz, now())
+    FROM failed
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM failed) FOR UPDATE
 )
-SELECT * FROM failed;
+SELECT true AS changed, * FROM failed
+UNION ALL
+SELECT false, * FROM unchanged;
 
 -- name: task_get :one
 SELECT * FROM tasks WHERE id = $1;
 
 -- name: task_heartbeat :one
--- The holder extends its lease by $4 seconds, or by the length it was dispatched with.
-UPDATE tasks
-SET lease_expires_at = now() + make_interval(secs => coalesce($4::integer, lease_seconds)),
-    lease_seconds = coalesce($4::integer, lease_seconds)
-WHERE id = $1
-  AND status = 'assigned'
-  AND worker_id = $2
-  AND ($3::uuid IS NULL OR lease_id = $3::uuid)
-RETURNING *;
+-- The holder extends its lease from $5 by $4 seconds, or by the length it was dispatched with.
+WITH extended AS (
+    UPDATE tasks
+    SET lease_expires_at = coalesce($5::timestamptz, now())
+            + make_interval(secs => coalesce($4::integer, lease_seconds)),
+        lease_seconds = coalesce($4::integer, lease_seconds)
+    WHERE id = $1
+      AND status = 'assigned'
+      AND worker_id = $2
+      AND ($3::uuid IS NULL OR lease_id = $3::uuid)
+    RETURNING *
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM extended) FOR UPDATE
+)
+SELECT true AS changed, * FROM extended
+UNION ALL
+SELECT false, * FROM unchanged;
 
 -- name: task_list :many
 -- One page of tasks after a cursor, optionally filtered by status ($1) and worker ($2).
@@ -216,10 +256,11 @@ SELECT now() AS checked_at,
        ) due) AS due;
 
 -- name: task_pickup :one
--- The holder has the bikes on the van: from now on an expired lease makes the task 'stalled', not 'ready'.
+-- The holder has the bikes on the van (at $4): from now on an expired lease makes the task 'stalled', not
+-- 'ready'.
 WITH picked AS (
     UPDATE tasks
-    SET picked_up_at = now()
+    SET picked_up_at = coalesce($4::timestamptz, now())
     WHERE id = $1
       AND status = 'assigned'
       AND picked_up_at IS NULL
@@ -228,21 +269,27 @@ WITH picked AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id)
-    SELECT id, 'picked_up', worker_id FROM picked
+    INSERT INTO task_events (task_id, event, worker_id, at)
+    SELECT id, 'picked_up', worker_id, picked_up_at FROM picked
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM picked) FOR UPDATE
 )
-SELECT * FROM picked;
+SELECT true AS changed, * FROM picked
+UNION ALL
+SELECT false, * FROM unchanged;
 
 -- name: task_reaper_try_lock :one
 -- Session-level: the one instance whose reaper connection holds it rescues expired leases.
 SELECT pg_try_advisory_lock(hashtext('baywheels.reaper')) AS locked;
 
 -- name: task_release :one
--- The holder hands the task back: ready again at once, no attempt counted.
+-- The holder hands the task back with reason $4: ready again at once ($5), no attempt counted.
 WITH released AS (
     UPDATE tasks
     SET status = 'ready', worker_id = NULL, assigned_at = NULL, lease_id = NULL, lease_seconds = NULL,
-        lease_expires_at = NULL, dispatch_key = NULL, picked_up_at = NULL, available_at = now()
+        lease_expires_at = NULL, dispatch_key = NULL, picked_up_at = NULL,
+        available_at = coalesce($5::timestamptz, now())
     WHERE id = $1
       AND status = 'assigned'
       AND worker_id = $2
@@ -250,10 +297,15 @@ WITH released AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail)
-    SELECT id, 'released', $2, $4::text FROM released
+    INSERT INTO task_events (task_id, event, worker_id, detail, at)
+    SELECT id, 'released', $2, $4::text, available_at FROM released
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM released) FOR UPDATE
 )
-SELECT * FROM released;
+SELECT true AS changed, * FROM released
+UNION ALL
+SELECT false, * FROM unchanged;
 
 -- name: task_rescue_expired :many
 -- Take back tasks whose lease ran out (up to $2 per call), counting an attempt: 'stalled' when the bikes
@@ -301,17 +353,24 @@ logged AS (
 SELECT * FROM rescued;
 
 -- name: task_retry :one
--- Operator: put a failed, canceled or stalled task back to ready with a fresh attempt budget.
+-- Operator: put a failed, canceled or stalled task back to ready with a fresh attempt budget (reason $2, at
+-- $3), not before its not_before.
 WITH retried AS (
     UPDATE tasks
     SET status = 'ready', attempts = 0, worker_id = NULL, assigned_at = NULL, lease_id = NULL,
         lease_seconds = NULL, lease_expires_at = NULL, dispatch_key = NULL, picked_up_at = NULL,
-        completed_at = NULL, available_at = greatest(now(), coalesce(not_before, now()))
+        completed_at = NULL,
+        available_at = greatest(coalesce($3::timestamptz, now()), not_before)
     WHERE id = $1 AND status IN ('failed', 'canceled', 'stalled')
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, detail)
-    SELECT id, 'retried', $2::text FROM retried
+    INSERT INTO task_events (task_id, event, detail, at)
+    SELECT id, 'retried', $2::text, coalesce($3::timestamptz, now()) FROM retried
+),
+unchanged AS (
+    SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM retried) FOR UPDATE
 )
-SELECT * FROM retried;
+SELECT true AS changed, * FROM retried
+UNION ALL
+SELECT false, * FROM unchanged;

@@ -15,9 +15,9 @@ from . import db, logs, metrics, openapi
 from . import settings as config
 from .dispatcher import Dispatcher
 from .errors import EXCEPTION_HANDLERS
+from .handlers import ENDPOINTS
 from .middleware import RequestContext
 from .reaper import Reaper
-from .routes import ENDPOINTS
 from .settings import Settings
 from .state import STATE_KEY, AppState
 

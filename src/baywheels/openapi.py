@@ -1,9 +1,8 @@
-"""OpenAPI 3.1 built from the route table and the msgspec Structs, and the pages that render it (Swagger UI
-and ReDoc, served from the drf-spectacular-sidecar package: no CDN, works offline)."""
+"""OpenAPI 3.1 built from the endpoints the handlers declare and the msgspec Structs, and the pages that
+render it (Swagger UI and ReDoc, served from the drf-spectacular-sidecar package: no CDN, works offline)."""
 
 import functools
 import importlib.util
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,9 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from .endpoints import PATH_PARAM, Endpoint
+from .handlers import ENDPOINTS
 from .models import Error
-from .routes import ENDPOINTS, Endpoint
 
 _STATUS_TEXT = {
     400: "Invalid request: the detail names the field",
@@ -21,7 +21,6 @@ _STATUS_TEXT = {
     413: "Request body too large",
     503: "Database unavailable; retry after Retry-After seconds",
 }
-_PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 
 
 def assets_dir() -> Path:
@@ -35,14 +34,14 @@ def assets_dir() -> Path:
 def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any] | None) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "summary": endpoint.summary,
-        "operationId": endpoint.handler.__name__,
+        "operationId": endpoint.operation_id,
         "tags": [endpoint.tag],
     }
     if endpoint.description:
         operation["description"] = endpoint.description
     parameters = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
-        for name in _PATH_PARAM.findall(endpoint.path)
+        for name in endpoint.path_params
     ]
     if query is not None:
         required = set(query.get("required", ()))
@@ -97,7 +96,7 @@ def build() -> dict[str, Any]:
     for index, endpoint in enumerate(ENDPOINTS):
         schema = {"body": schemas[1 + 2 * index], "response": schemas[2 + 2 * index]}
         query = query_props[endpoint.query] if endpoint.query is not None else None
-        path = _PATH_PARAM.sub(r"{\1}", endpoint.path)
+        path = PATH_PARAM.sub(r"{\1}", endpoint.path)
         paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, schema, query)
     return {
         "openapi": "3.1.0",

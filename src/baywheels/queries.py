@@ -1,7 +1,9 @@
 """One typed function per named query in ``sql/queries``. The connection comes first, so the caller owns the
-transaction; rows become Structs here and nowhere else."""
+transaction; rows become Structs here and nowhere else. Task queries whose outcome depends on the time take
+``now``: the service leaves it None (the database's clock), tests pass the time they need."""
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -35,6 +37,19 @@ def _task_or_none(row: asyncpg.Record | None) -> Task | None:
 
 def _tasks(rows: Sequence[asyncpg.Record]) -> list[Task]:
     return [_task(row) for row in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskChange:
+    """The one result of a state change on one task: the task as it now is, and whether this call changed
+    it (else the call was refused, and the task says why)."""
+
+    task: Task
+    changed: bool
+
+
+def _change(row: asyncpg.Record | None) -> TaskChange | None:
+    return None if row is None else TaskChange(_task(row), row["changed"])
 
 
 # health.sql
@@ -95,22 +110,28 @@ async def suggestion_upsert_batch(conn: Conn, items: Sequence[SuggestionIn]) -> 
 # task.sql
 
 
-async def task_approve_many(conn: Conn, suggestion_ids: Sequence[int]) -> list[Task]:
-    return _tasks(await conn.fetch(_TASK_APPROVE_MANY, suggestion_ids))
+async def task_approve_many(
+    conn: Conn, suggestion_ids: Sequence[int], now: datetime | None = None
+) -> list[Task]:
+    return _tasks(await conn.fetch(_TASK_APPROVE_MANY, suggestion_ids, now))
 
 
-async def task_cancel(conn: Conn, task_id: int, reason: str | None) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_CANCEL, task_id, reason))
+async def task_cancel(
+    conn: Conn, task_id: int, reason: str | None, now: datetime | None = None
+) -> TaskChange | None:
+    return _change(await conn.fetchrow(_TASK_CANCEL, task_id, reason, now))
 
 
 async def task_complete(
-    conn: Conn, task_id: int, worker_id: str | None, lease_id: UUID | None
+    conn: Conn, task_id: int, worker_id: str | None, lease_id: UUID | None, now: datetime | None = None
+) -> TaskChange | None:
+    return _change(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id, now))
+
+
+async def task_dispatch(
+    conn: Conn, worker_id: str, lease_seconds: int, key: str | None, now: datetime | None = None
 ) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id))
-
-
-async def task_dispatch(conn: Conn, worker_id: str, lease_seconds: int, key: str | None) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key))
+    return _task_or_none(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key, now))
 
 
 async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
@@ -118,10 +139,10 @@ async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
 
 
 async def task_dispatch_many(
-    conn: Conn, worker_ids: Sequence[str], lease_seconds: Sequence[int]
+    conn: Conn, worker_ids: Sequence[str], lease_seconds: Sequence[int], now: datetime | None = None
 ) -> dict[int, Task]:
     """Tasks by the 0-based index of the worker they went to."""
-    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds)
+    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds, now)
     return {row["ord"] - 1: _task(row) for row in rows}
 
 
@@ -137,9 +158,12 @@ async def task_fail(
     error: str,
     backoff_seconds: float,
     max_attempts: int,
-) -> Task | None:
-    row = await conn.fetchrow(_TASK_FAIL, task_id, worker_id, lease_id, error, backoff_seconds, max_attempts)
-    return _task_or_none(row)
+    now: datetime | None = None,
+) -> TaskChange | None:
+    row = await conn.fetchrow(
+        _TASK_FAIL, task_id, worker_id, lease_id, error, backoff_seconds, max_attempts, now
+    )
+    return _change(row)
 
 
 async def task_get(conn: Conn, task_id: int) -> Task | None:
@@ -147,9 +171,14 @@ async def task_get(conn: Conn, task_id: int) -> Task | None:
 
 
 async def task_heartbeat(
-    conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, lease_seconds: int | None
-) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_HEARTBEAT, task_id, worker_id, lease_id, lease_seconds))
+    conn: Conn,
+    task_id: int,
+    worker_id: str,
+    lease_id: UUID | None,
+    lease_seconds: int | None,
+    now: datetime | None = None,
+) -> TaskChange | None:
+    return _change(await conn.fetchrow(_TASK_HEARTBEAT, task_id, worker_id, lease_id, lease_seconds, now))
 
 
 async def task_list(
@@ -170,8 +199,10 @@ async def task_notify_due(conn: Conn, since: datetime) -> datetime:
     return checked_at
 
 
-async def task_pickup(conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id))
+async def task_pickup(
+    conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, now: datetime | None = None
+) -> TaskChange | None:
+    return _change(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id, now))
 
 
 async def task_reaper_try_lock(conn: Conn) -> bool:
@@ -179,17 +210,24 @@ async def task_reaper_try_lock(conn: Conn) -> bool:
 
 
 async def task_release(
-    conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, reason: str | None
-) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason))
+    conn: Conn,
+    task_id: int,
+    worker_id: str,
+    lease_id: UUID | None,
+    reason: str | None,
+    now: datetime | None = None,
+) -> TaskChange | None:
+    return _change(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason, now))
 
 
 async def task_rescue_expired(conn: Conn, max_attempts: int, limit: int) -> list[Task]:
     return _tasks(await conn.fetch(_TASK_RESCUE_EXPIRED, max_attempts, limit))
 
 
-async def task_retry(conn: Conn, task_id: int, reason: str | None) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_RETRY, task_id, reason))
+async def task_retry(
+    conn: Conn, task_id: int, reason: str | None, now: datetime | None = None
+) -> TaskChange | None:
+    return _change(await conn.fetchrow(_TASK_RETRY, task_id, reason, now))
 
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.

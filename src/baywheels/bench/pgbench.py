@@ -12,8 +12,8 @@ from .procs import run_tool
 from .stats import Latency, latency
 
 # The statement's parameters as pgbench variables. The service passes NULL for the Idempotency-Key ($3) of a
-# request without one, which is what the benchmark's requests are.
-PARAMETERS = {"$1": ":worker", "$2": ":lease", "$3": "NULL"}
+# request without one, which is what the benchmark's requests are, and for the clock ($4).
+PARAMETERS = {"$1": ":worker", "$2": ":lease", "$3": "NULL", "$4": "NULL"}
 PRELUDE = "\\set worker random(1, 1000000000)\n\\set lease 1800\n"
 
 

@@ -1,1 +1,13 @@
-"""HTTP handlers: decode the request, call one or two query functions, encode the answer."""
+"""The handlers, one module per resource, each declaring its endpoints beside them (see ``endpoints.py``);
+gathered here for the app's routes and the OpenAPI document."""
+
+from ..endpoints import Endpoint
+from . import dispatch, health, operators, suggestions, tasks
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    *health.endpoints,
+    *suggestions.endpoints,
+    *tasks.endpoints,
+    *dispatch.endpoints,
+    *operators.endpoints,
+)

@@ -6,12 +6,14 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..endpoints import Endpoints
 from ..errors import BadRequest, NotFound
 from ..metrics import DISPATCHES
-from ..models import IDEMPOTENCY_KEY, DispatchRequest
-from ..requests import body
+from ..models import IDEMPOTENCY_KEY, DispatchRequest, Task
 from ..responses import MsgspecResponse
 from ..state import app_state
+
+endpoints = Endpoints("dispatch")
 
 T = TypeVar("T")
 
@@ -25,16 +27,35 @@ class ClientGone(Exception):
     pass
 
 
-async def dispatch_next(request: Request) -> Response:
-    req = await body(request, DispatchRequest)
+@endpoints.post(
+    "/dispatch/next",
+    "Assign the next ready task to a worker",
+    Task,
+    errors=(404,),
+    description=(
+        "Highest priority first, then oldest, then lowest id; 404 when no task is ready. With "
+        "`wait_seconds` the request waits up to that long and answers the moment a task is ready. The "
+        "task is leased for `lease_seconds` (default TASK_LEASE_SECONDS): heartbeat to keep it. An "
+        "`Idempotency-Key` header makes a retry by the same worker return the task it already holds."
+    ),
+    headers=(
+        (
+            "Idempotency-Key",
+            IDEMPOTENCY_KEY,
+            "1 to 128 printable ASCII characters, no spaces. A retry by the same worker with the same "
+            "key gets the task it holds under that key, for as long as it holds it, not a second one.",
+        ),
+    ),
+)
+async def dispatch_next(request: Request, body: DispatchRequest) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not _SANE_KEY.match(key):
         raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
     state = app_state(request)
-    lease_seconds = req.lease_seconds or state.settings.task_lease_seconds
-    waiting = state.dispatcher.next(req.worker_id, lease_seconds, req.wait_seconds, key)
+    lease_seconds = body.lease_seconds or state.settings.task_lease_seconds
+    waiting = state.dispatcher.next(body.worker_id, lease_seconds, body.wait_seconds, key)
     try:
-        task = await (_unless_disconnected(request, waiting) if req.wait_seconds > 0 else waiting)
+        task = await (_unless_disconnected(request, waiting) if body.wait_seconds > 0 else waiting)
     except ClientGone:
         DISPATCHES.labels("abandoned").inc()
         return Response(status_code=CLIENT_CLOSED)

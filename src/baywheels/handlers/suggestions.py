@@ -1,28 +1,42 @@
+"""Suggestions from the ML engine: ingest a batch, list the pending ones."""
+
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
-from ..models import IngestResult, SuggestionBatch, SuggestionPage
-from ..requests import body, pool, query
+from ..endpoints import Endpoints
+from ..models import IngestResult, Suggestion, SuggestionBatch, SuggestionPage
+from ..requests import pool
 from ..responses import MsgspecResponse
 
-
-async def list_suggestions(request: Request) -> Response:
-    page = query(request, SuggestionPage)
-    return MsgspecResponse(await queries.suggestion_list(pool(request), page.after_id, page.limit))
+endpoints = Endpoints("suggestions")
 
 
-async def ingest(request: Request) -> Response:
-    items = await body(request, SuggestionBatch)
+@endpoints.get("/suggestions", "List pending suggestions, oldest first", list[Suggestion])
+async def list_suggestions(request: Request, query: SuggestionPage) -> Response:
+    return MsgspecResponse(await queries.suggestion_list(pool(request), query.after_id, query.limit))
+
+
+@endpoints.post(
+    "/suggestions",
+    "Ingest a batch of suggestions from the ML engine",
+    IngestResult,
+    status=201,
+    description=(
+        "Per station pair: a pending suggestion is updated in place, a pair with an open task is skipped "
+        "(null id, counted as a duplicate), and within the batch the last item for a pair wins."
+    ),
+)
+async def ingest(request: Request, body: SuggestionBatch) -> Response:
     async with pool(request).acquire() as conn, conn.transaction():
         await queries.suggestion_lock_for_ingest(conn)
-        rows = await queries.suggestion_upsert_batch(conn, items)
-    ids: list[int | None] = [None] * len(items)
+        rows = await queries.suggestion_upsert_batch(conn, body)
+    ids: list[int | None] = [None] * len(body)
     created = 0
     for row in rows:
         ids[row["ord"] - 1] = row["id"]
         created += row["inserted"]
     result = IngestResult(
-        created=created, updated=len(rows) - created, duplicates=len(items) - len(rows), ids=ids
+        created=created, updated=len(rows) - created, duplicates=len(body) - len(rows), ids=ids
     )
     return MsgspecResponse(result, status_code=201)

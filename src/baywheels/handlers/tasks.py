@@ -1,10 +1,11 @@
-from uuid import UUID
+"""Tasks: approval, the holder's calls (each one statement, answered by transitions.answer) and reads."""
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
-from ..errors import Conflict, NotFound
+from ..endpoints import Endpoints
+from ..errors import NotFound
 from ..metrics import TRANSITIONS
 from ..models import (
     ApproveManyRequest,
@@ -14,32 +15,42 @@ from ..models import (
     FailRequest,
     HeartbeatRequest,
     HolderRequest,
-    OperatorRequest,
     ReleaseRequest,
     Task,
+    TaskEvent,
     TaskPage,
 )
-from ..requests import body, optional_body, path_id, pool, query
+from ..requests import path_id, pool
 from ..responses import MsgspecResponse
 from ..state import app_state
+from ..transitions import answer
+
+endpoints = Endpoints("tasks")
 
 
-async def approve(request: Request) -> Response:
-    suggestion_id = (await body(request, ApproveRequest)).suggestion_id
+@endpoints.post(
+    "/task/approve",
+    "Approve a suggestion into a ready task",
+    Task,
+    errors=(404,),
+    description="Approving an already approved suggestion returns its task again.",
+)
+async def approve(request: Request, body: ApproveRequest) -> Response:
     db = pool(request)
-    created = await queries.task_approve_many(db, [suggestion_id])
+    created = await queries.task_approve_many(db, [body.suggestion_id])
     if created:
         TRANSITIONS.labels("approved").inc()
         return MsgspecResponse(created[0])
     # Approved before, or by a racing request whose commit our DELETE waited for: answer with that task.
-    existing = await queries.task_list_by_suggestions(db, [suggestion_id])
+    existing = await queries.task_list_by_suggestions(db, [body.suggestion_id])
     if existing:
         return MsgspecResponse(existing[0])
-    raise NotFound(f"Suggestion with id {suggestion_id} not found")
+    raise NotFound(f"Suggestion with id {body.suggestion_id} not found")
 
 
-async def approve_many(request: Request) -> Response:
-    ids = list(dict.fromkeys((await body(request, ApproveManyRequest)).suggestion_ids))
+@endpoints.post("/tasks/approve", "Approve several suggestions in one transaction", ApproveManyResult)
+async def approve_many(request: Request, body: ApproveManyRequest) -> Response:
+    ids = list(dict.fromkeys(body.suggestion_ids))
     async with pool(request).acquire() as conn, conn.transaction():
         created = await queries.task_approve_many(conn, ids)
         tasks = created
@@ -54,128 +65,78 @@ async def approve_many(request: Request) -> Response:
     return MsgspecResponse(result)
 
 
-async def _refused(
-    request: Request, task_id: int, action: str, worker_id: str | None, lease_id: UUID | None
-) -> Conflict:
-    """Why a holder's conditional UPDATE matched no row: 404 for no such task, else a 409 saying why."""
-    current = await queries.task_get(pool(request), task_id)
-    if current is None:
-        raise NotFound(f"Task with id {task_id} not found")
-    if current.status != "assigned":
-        return Conflict(f"Cannot {action} task {task_id}: it is '{current.status}', not 'assigned'")
-    if worker_id is not None and current.worker_id != worker_id:
-        return Conflict(f"Cannot {action} task {task_id}: it is held by another worker")
-    if lease_id is not None and current.lease_id != lease_id:
-        return Conflict(
-            f"Cannot {action} task {task_id}: lease {lease_id} has expired and the task was dispatched again"
-        )
-    return Conflict(f"Cannot {action} task {task_id} in its current state")
-
-
-def _is_holder(task: Task, worker_id: str | None, lease_id: UUID | None) -> bool:
-    return worker_id is not None and task.worker_id == worker_id and lease_id in (None, task.lease_id)
-
-
-def _done(task: Task, event: str) -> Response:
-    TRANSITIONS.labels(event).inc()
-    return MsgspecResponse(task)
-
-
-async def complete(request: Request) -> Response:
+@endpoints.post(
+    "/task/{task_id:id}/complete",
+    "Complete an assigned task",
+    Task,
+    errors=(409,),
+    body_required=False,
+    description=(
+        "With `worker_id`, only the holder may complete the task, and the holder repeating the call "
+        "gets the completed task again."
+    ),
+)
+async def complete(request: Request, body: CompleteRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    req = await optional_body(request, CompleteRequest)
-    task = await queries.task_complete(pool(request), task_id, req.worker_id, req.lease_id)
-    if task is not None:
-        return _done(task, "completed")
-    current = await queries.task_get(pool(request), task_id)
-    if (
-        current is not None
-        and current.status == "completed"
-        and _is_holder(current, req.worker_id, req.lease_id)
-    ):
-        return MsgspecResponse(current)  # the holder retrying a completion that already went through
-    raise await _refused(request, task_id, "complete", req.worker_id, req.lease_id)
+    result = await queries.task_complete(pool(request), task_id, body.worker_id, body.lease_id)
+    return answer("complete", task_id, result, body.worker_id, body.lease_id)
 
 
-async def heartbeat(request: Request) -> Response:
+@endpoints.post("/task/{task_id:id}/heartbeat", "Extend the holder's lease", Task, errors=(409,))
+async def heartbeat(request: Request, body: HeartbeatRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    req = await body(request, HeartbeatRequest)
-    task = await queries.task_heartbeat(
-        pool(request), task_id, req.worker_id, req.lease_id, req.lease_seconds
+    result = await queries.task_heartbeat(
+        pool(request), task_id, body.worker_id, body.lease_id, body.lease_seconds
     )
-    if task is not None:
-        return MsgspecResponse(task)
-    raise await _refused(request, task_id, "extend the lease of", req.worker_id, req.lease_id)
+    return answer("heartbeat", task_id, result, body.worker_id, body.lease_id)
 
 
-async def pickup(request: Request) -> Response:
+@endpoints.post(
+    "/task/{task_id:id}/pickup",
+    "Record that the bikes are on the van",
+    Task,
+    errors=(409,),
+    description="After pickup an expired lease makes the task `stalled` (for an operator), not `ready`.",
+)
+async def pickup(request: Request, body: HolderRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    req = await body(request, HolderRequest)
-    task = await queries.task_pickup(pool(request), task_id, req.worker_id, req.lease_id)
-    if task is not None:
-        return _done(task, "picked_up")
-    current = await queries.task_get(pool(request), task_id)
-    if (
-        current is not None
-        and current.status == "assigned"
-        and current.picked_up_at is not None
-        and _is_holder(current, req.worker_id, req.lease_id)
-    ):
-        return MsgspecResponse(current)  # already recorded: a retry
-    raise await _refused(request, task_id, "pick up", req.worker_id, req.lease_id)
+    result = await queries.task_pickup(pool(request), task_id, body.worker_id, body.lease_id)
+    return answer("pickup", task_id, result, body.worker_id, body.lease_id)
 
 
-async def release(request: Request) -> Response:
+@endpoints.post("/task/{task_id:id}/release", "Hand a task back to ready now", Task, errors=(409,))
+async def release(request: Request, body: ReleaseRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    req = await body(request, ReleaseRequest)
-    task = await queries.task_release(pool(request), task_id, req.worker_id, req.lease_id, req.reason)
-    if task is not None:
-        return _done(task, "released")
-    raise await _refused(request, task_id, "release", req.worker_id, req.lease_id)
+    result = await queries.task_release(pool(request), task_id, body.worker_id, body.lease_id, body.reason)
+    return answer("release", task_id, result, body.worker_id, body.lease_id)
 
 
-async def fail(request: Request) -> Response:
+@endpoints.post(
+    "/task/{task_id:id}/fail",
+    "Report a failed attempt",
+    Task,
+    errors=(409,),
+    description=(
+        "The task is ready again after an exponential backoff (`available_at`), or `failed` (the dead "
+        "letter) after TASK_MAX_ATTEMPTS attempts."
+    ),
+)
+async def fail(request: Request, body: FailRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    req = await body(request, FailRequest)
     settings = app_state(request).settings
-    task = await queries.task_fail(
+    result = await queries.task_fail(
         pool(request),
         task_id,
-        req.worker_id,
-        req.lease_id,
-        req.error,
+        body.worker_id,
+        body.lease_id,
+        body.error,
         settings.task_retry_backoff_seconds,
         settings.task_max_attempts,
     )
-    if task is not None:
-        return _done(task, "failed" if task.status == "failed" else "attempt_failed")
-    raise await _refused(request, task_id, "fail", req.worker_id, req.lease_id)
+    return answer("fail", task_id, result, body.worker_id, body.lease_id)
 
 
-async def cancel(request: Request) -> Response:
-    task_id = path_id(request, "task_id", "Task")
-    req = await optional_body(request, OperatorRequest)
-    task = await queries.task_cancel(pool(request), task_id, req.reason)
-    if task is not None:
-        return _done(task, "canceled")
-    current = await queries.task_get(pool(request), task_id)
-    if current is None:
-        raise NotFound(f"Task with id {task_id} not found")
-    raise Conflict(f"Cannot cancel task {task_id}: it is already '{current.status}'")
-
-
-async def retry(request: Request) -> Response:
-    task_id = path_id(request, "task_id", "Task")
-    req = await optional_body(request, OperatorRequest)
-    task = await queries.task_retry(pool(request), task_id, req.reason)
-    if task is not None:
-        return _done(task, "retried")
-    current = await queries.task_get(pool(request), task_id)
-    if current is None:
-        raise NotFound(f"Task with id {task_id} not found")
-    raise Conflict(f"Cannot retry task {task_id}: it is '{current.status}', not failed, canceled or stalled")
-
-
+@endpoints.get("/task/{task_id:id}", "Get one task", Task)
 async def get_task(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     task = await queries.task_get(pool(request), task_id)
@@ -184,12 +145,7 @@ async def get_task(request: Request) -> Response:
     return MsgspecResponse(task)
 
 
-async def list_tasks(request: Request) -> Response:
-    page = query(request, TaskPage)
-    tasks = await queries.task_list(pool(request), page.status, page.worker_id, page.after_id, page.limit)
-    return MsgspecResponse(tasks)
-
-
+@endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent])
 async def task_events(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     db = pool(request)
@@ -197,3 +153,9 @@ async def task_events(request: Request) -> Response:
     if not events and await queries.task_get(db, task_id) is None:
         raise NotFound(f"Task with id {task_id} not found")
     return MsgspecResponse(events)
+
+
+@endpoints.get("/tasks", "List tasks, filtered by status and worker", list[Task])
+async def list_tasks(request: Request, query: TaskPage) -> Response:
+    tasks = await queries.task_list(pool(request), query.status, query.worker_id, query.after_id, query.limit)
+    return MsgspecResponse(tasks)

@@ -1,0 +1,143 @@
+"""Endpoints, declared by each resource's module beside their handlers (``handlers/*.py``); Starlette's routes
+and the OpenAPI document are both built from them, so the docs cannot drift from the code.
+
+A handler's signature says what it takes: a parameter named ``body`` is the JSON body and one named ``query``
+the query string, each decoded to the parameter's type before the handler runs. So the type the document
+names is, by construction, the type the handler gets. The errors that every endpoint of a kind can give
+follow from what it takes (``errors``); each declares only its own."""
+
+import inspect
+import re
+import typing
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypedDict, TypeVar, Unpack
+
+from starlette.convertors import register_url_convertor
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import requests
+
+Handler = Callable[..., Awaitable[Response]]
+H = TypeVar("H", bound=Handler)
+# (name, pattern, description) of a request header the handler reads.
+Header = tuple[str, str, str]
+
+PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
+_DECODED = ("body", "query")
+
+# `{task_id:id}`: digits of any length, turned into a database id (or a 404) by requests.path_id.
+register_url_convertor("id", requests.IdConvertor())
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    tag: str
+    summary: str
+    response: Any
+    body: Any = None
+    body_required: bool = True
+    query: Any = None
+    status: int = 200
+    own_errors: tuple[int, ...] = ()
+    database: bool = True
+    description: str = ""
+    headers: tuple[Header, ...] = ()
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+    @property
+    def path_params(self) -> list[str]:
+        return PATH_PARAM.findall(self.path)
+
+    @property
+    def errors(self) -> tuple[int, ...]:
+        """Every error status it can answer with: the common ones, derived, and its own."""
+        common = {
+            400: self.body is not None or self.query is not None,
+            404: bool(self.path_params),
+            413: self.body is not None,
+            503: self.database,
+        }
+        return tuple(sorted({status for status, applies in common.items() if applies} | set(self.own_errors)))
+
+    def route(self) -> Route:
+        return Route(self.path, self._serve, methods=[self.method], name=self.operation_id)
+
+    async def _serve(self, request: Request) -> Response:
+        decoded: dict[str, Any] = {}
+        if self.body is not None:
+            decode = requests.body if self.body_required else requests.optional_body
+            decoded["body"] = await decode(request, self.body)
+        if self.query is not None:
+            decoded["query"] = requests.query(request, self.query)
+        return await self.handler(request, **decoded)
+
+
+class Options(TypedDict, total=False):
+    status: int
+    errors: tuple[int, ...]
+    body_required: bool
+    database: bool
+    description: str
+    headers: tuple[Header, ...]
+
+
+class Endpoints:
+    """The endpoints of one resource module, in the order it declares them."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self._endpoints: list[Endpoint] = []
+
+    def __iter__(self) -> Iterator[Endpoint]:
+        return iter(self._endpoints)
+
+    def get(self, path: str, summary: str, response: Any, **options: Unpack[Options]) -> Callable[[H], H]:
+        return self._declare("GET", path, summary, response, options)
+
+    def post(self, path: str, summary: str, response: Any, **options: Unpack[Options]) -> Callable[[H], H]:
+        return self._declare("POST", path, summary, response, options)
+
+    def _declare(
+        self, method: str, path: str, summary: str, response: Any, options: Options
+    ) -> Callable[[H], H]:
+        def declare(handler: H) -> H:
+            decoded = decoded_types(handler)
+            self._endpoints.append(
+                Endpoint(
+                    method,
+                    path,
+                    handler,
+                    self.tag,
+                    summary,
+                    response,
+                    body=decoded.get("body"),
+                    body_required=options.get("body_required", True),
+                    query=decoded.get("query"),
+                    status=options.get("status", 200),
+                    own_errors=options.get("errors", ()),
+                    database=options.get("database", True),
+                    description=options.get("description", ""),
+                    headers=options.get("headers", ()),
+                )
+            )
+            return handler
+
+        return declare
+
+
+def decoded_types(handler: Handler) -> dict[str, Any]:
+    """What the handler takes besides the request: {"body": type, "query": type}, from its annotations."""
+    names = list(inspect.signature(handler).parameters)
+    if names[:1] != ["request"] or not set(names[1:]) <= set(_DECODED):
+        raise TypeError(f"{handler.__qualname__} must take (request[, body][, query]), not {names}")
+    hints = typing.get_type_hints(handler, include_extras=True)
+    return {name: hints[name] for name in names[1:]}
