@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from baywheels import sql
-from baywheels.bench import pgbench, runner
-from baywheels.bench.database import Server
-from baywheels.bench.loadgen import LoadGen
-from baywheels.bench.report import Table
-from baywheels.bench.scenarios import QUICK, SCENARIOS, Context, check_dispatch
+from bench import pgbench, runner
+from bench.config import QUICK
+from bench.context import Context, check_dispatch
+from bench.database import Server
+from bench.loadgen import LoadGen
+from bench.scenarios import SCENARIOS
 
 TINY = replace(
     QUICK,
@@ -123,11 +124,11 @@ async def test_the_exactly_once_check_catches_a_task_handed_out_twice_or_to_anot
     server = Server(server_dsn)
     await server.execute(database_url, "bench_backlog_insert", 1, 3)
     await server.execute(database_url, "bench_backlog_assign", 2)
-    ctx = Context(TINY, server, LoadGen(None, tmp_path), tmp_path, None, Table(["c=1"]))
+    ctx = Context(TINY, server, LoadGen(None, tmp_path), tmp_path, None)
 
     async def ok(seen: list[tuple[int, str]], connections: int, backlog: int = 3) -> bool:
         result = await check_dispatch(ctx, "t", database_url, seen, connections, backlog)
-        return bool(result["ok"])
+        return result.ok
 
     assert await ok([(1, "bench-1"), (2, "bench-2")], 0)
     assert await ok([(1, "bench-1")], 1)  # one answer still in flight when the generator stopped
