@@ -56,13 +56,7 @@ def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table
     out = Table([f"c={c}" for c in levels])
     for name, result in results.items():
         if name == "dispatch" and isinstance(result, Ladder):
-            out.section("Dispatch, synchronous_commit=on (of record)")
-            ladder_rows(out, levels, result, http=True)
-            top = max(result.points)
-            out.add(
-                f"service memory (PSS) under {top} dispatchers",
-                mb(result.points[top].service.service_rss_peak),
-            )
+            dispatch_rows(out, levels, result)
         elif name == "dispatch_sync_off" and isinstance(result, Ladder):
             out.section(
                 "Dispatch, synchronous_commit=off (NOT of record: commits do not wait for the WAL flush)"
@@ -71,11 +65,7 @@ def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table
         elif isinstance(result, IngestApprove):
             ingest_approve_rows(out, result)
         elif name == "complete" and isinstance(result, Operation):
-            out.add(
-                f"complete, POST /task/{{id}}/complete (c={result.connections})",
-                f"{num(result.rate)} /s   p99 {result.latency_us.p99 / 1000:.1f} ms"
-                + (DRY if result.ran_dry else ""),
-            )
+            complete_rows(out, result)
         elif isinstance(result, Longpoll):
             longpoll_rows(out, result)
         elif isinstance(result, Sustained):
@@ -95,6 +85,15 @@ def entries(results: Mapping[str, msgspec.Struct]) -> dict[str, msgspec.Struct]:
         else:
             out[name] = result
     return out
+
+
+def dispatch_rows(table: Table, levels: Sequence[int], ladder: Ladder) -> None:
+    table.section("Dispatch, synchronous_commit=on (of record)")
+    ladder_rows(table, levels, ladder, http=True)
+    top = max(ladder.points)
+    table.add(
+        f"service memory (PSS) under {top} dispatchers", mb(ladder.points[top].service.service_rss_peak)
+    )
 
 
 def ladder_rows(table: Table, levels: Sequence[int], ladder: Ladder, http: bool) -> None:
@@ -146,6 +145,14 @@ def ingest_approve_rows(table: Table, result: IngestApprove) -> None:
         f"approve, POST /tasks/approve x{many.per_request} (c={many.connections})",
         f"{num(many.tasks_rate)} tasks/s   p99 {many.latency_us.p99 / 1000:.1f} ms"
         + (DRY if many.ran_dry else ""),
+    )
+
+
+def complete_rows(table: Table, result: Operation) -> None:
+    table.add(
+        f"complete, POST /task/{{id}}/complete (c={result.connections})",
+        f"{num(result.rate)} /s   p99 {result.latency_us.p99 / 1000:.1f} ms"
+        + (DRY if result.ran_dry else ""),
     )
 
 
