@@ -1,6 +1,7 @@
 """The benchmark harness keeps working: every scenario runs at a tiny scale against the test server, the
 exactly-once check passes and can fail, and the table has its rows. No timing is asserted."""
 
+import ast
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from baywheels import sql
+from baywheels import cli, sql
 from bench import pgbench, runner
 from bench.config import QUICK
 from bench.context import Context, check_dispatch
@@ -136,3 +137,18 @@ async def test_the_exactly_once_check_catches_a_task_handed_out_twice_or_to_anot
     assert not await ok([(1, "bench-1"), (1, "bench-1"), (2, "bench-2")], 0)  # handed out twice
     assert not await ok([(1, "bench-2"), (2, "bench-2")], 0)  # answered to a worker who does not hold it
     assert not await ok([(1, "bench-1"), (2, "bench-2")], 0, backlog=4)  # a task lost
+
+
+def test_the_service_has_no_benchmark_in_it_and_imports_none() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--quick"])
+    assert exit_.value.code == 2  # argparse: no such command
+    package = Path(cli.__file__).parent
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        ]
+        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not [name for name in imported if "bench" in name], path
+        assert "apt-get" not in path.read_text(), path  # installing wrk is the harness's business
