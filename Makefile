@@ -29,22 +29,23 @@ migrate: install ## Apply pending migrations (DATABASE_URL, or the embedded serv
 	$(BIN)/baywheels migrate
 
 check: install ## Lint, format check and type check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
 test: check ## Checks, then the test suite against a real PostgreSQL
 	$(BIN)/pytest
 
+# The benchmark is a package beside the service (bench/), not part of it: run from the checkout.
 bench: install ## Benchmark of record (see docs/benchmarks.md)
-	$(BIN)/baywheels bench
+	$(BIN)/python -m bench
 
 bench-quick: install ## A few-second run of the benchmark harness
-	$(BIN)/baywheels bench --quick
+	$(BIN)/python -m bench --quick
 
 fmt: install ## Format and auto-fix
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
 
 lock: install ## Re-resolve requirements*.lock from pyproject.toml
 	$(BIN)/python -m pip install --quiet uv

@@ -1,6 +1,7 @@
 """The benchmark harness keeps working: every scenario runs at a tiny scale against the test server, the
 exactly-once check passes and can fail, and the table has its rows. No timing is asserted."""
 
+import ast
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -8,12 +9,13 @@ from typing import Any
 
 import pytest
 
-from baywheels import sql
-from baywheels.bench import pgbench, runner
-from baywheels.bench.database import Server
-from baywheels.bench.loadgen import LoadGen
-from baywheels.bench.report import Table
-from baywheels.bench.scenarios import QUICK, SCENARIOS, Context, check_dispatch
+from baywheels import cli, sql
+from bench import pgbench, runner
+from bench.config import QUICK
+from bench.context import Context, check_dispatch
+from bench.database import Server
+from bench.loadgen import LoadGen
+from bench.scenarios import SCENARIOS
 
 TINY = replace(
     QUICK,
@@ -129,11 +131,11 @@ async def test_the_exactly_once_check_catches_a_task_handed_out_twice_or_to_anot
     server = Server(server_dsn)
     await server.execute(database_url, "bench_backlog_insert", 1, 3)
     await server.execute(database_url, "bench_backlog_assign", 2)
-    ctx = Context(TINY, server, LoadGen(None, tmp_path), tmp_path, None, Table(["c=1"]))
+    ctx = Context(TINY, server, LoadGen(None, tmp_path), tmp_path, None)
 
     async def ok(seen: list[tuple[int, str]], connections: int, backlog: int = 3) -> bool:
         result = await check_dispatch(ctx, "t", database_url, seen, connections, backlog)
-        return bool(result["ok"])
+        return result.ok
 
     assert await ok([(1, "bench-1"), (2, "bench-2")], 0)
     assert await ok([(1, "bench-1")], 1)  # one answer still in flight when the generator stopped
@@ -141,3 +143,18 @@ async def test_the_exactly_once_check_catches_a_task_handed_out_twice_or_to_anot
     assert not await ok([(1, "bench-1"), (1, "bench-1"), (2, "bench-2")], 0)  # handed out twice
     assert not await ok([(1, "bench-2"), (2, "bench-2")], 0)  # answered to a worker who does not hold it
     assert not await ok([(1, "bench-1"), (2, "bench-2")], 0, backlog=4)  # a task lost
+
+
+def test_the_service_has_no_benchmark_in_it_and_imports_none() -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "--quick"])
+    assert exit_.value.code == 2  # argparse: no such command
+    package = Path(cli.__file__).parent
+    for path in package.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [
+            alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        ]
+        imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        assert not [name for name in imported if "bench" in name], path
+        assert "apt-get" not in path.read_text(), path  # installing wrk is the harness's business

@@ -416,6 +416,14 @@ def test_build_context_leaves_out_local_state_and_secrets() -> None:
     assert not dockerignored("sql/migrations/001_init.sql")
 
 
+def test_build_context_leaves_out_the_benchmark() -> None:
+    bench = [path for path in tracked_files() if path.startswith("bench/")]
+    assert "bench/runner.py" in bench
+    assert "bench/wrk.lua" in bench
+    assert "bench/bench.sql" in bench
+    assert [path for path in bench if not dockerignored(path)] == []
+
+
 # --- the wheel the image installs -------------------------------------------------------------------------
 
 
@@ -442,12 +450,28 @@ def test_wheel_holds_the_package_and_every_sql_file(wheel: Path) -> None:
     assert {name for name in names if name.startswith("baywheels/sql/")} == sql_files
     assert any(name.startswith("baywheels/sql/queries/") for name in sql_files)
     assert any(name.startswith("baywheels/sql/migrations/") for name in sql_files)
-    assert "baywheels/sql/bench/bench.sql" in names
-    assert "baywheels/bench/wrk.lua" in names  # `baywheels bench` runs from an installed wheel
     modules = {
         f"baywheels/{p.relative_to(ROOT / 'src/baywheels').as_posix()}" for p in (ROOT / "src").rglob("*.py")
     }
     assert modules <= names
+
+
+def test_wheel_holds_the_service_only_and_no_benchmark(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    # The service's package and its metadata, nothing beside them (the bench/ package of the checkout).
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"baywheels"}
+    code = {name for name in names if name.startswith("baywheels/") and not name.startswith("baywheels/sql/")}
+    assert {name for name in code if not name.endswith(".py")} == set()  # no wrk.lua, no bench.sql
+    assert not [name for name in names if "bench" in name]
+    # The harness's files, which the wheel leaves out, are where the checkout keeps them.
+    assert (ROOT / "bench" / "wrk.lua").is_file()
+    assert (ROOT / "bench" / "bench.sql").is_file()
+    assert not (ROOT / "sql" / "bench").exists()
+    assert not (ROOT / "src" / "baywheels" / "bench").exists()
+    # ... while the service's own SQL ships.
+    folders = {name.split("/")[2] for name in names if name.startswith("baywheels/sql/")}
+    assert folders == {"migrations", "queries"}
 
 
 def test_installed_wheel_finds_its_sql_outside_the_checkout(wheel: Path, tmp_path: Path) -> None:

@@ -91,28 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply pending migrations and exit")
     sql_cmd = commands.add_parser("sql", help="print a named query (for psql), or list them")
     sql_cmd.add_argument("name", nargs="?", help="query name; omit to list all")
-    bench_cmd = commands.add_parser(
-        "bench", help="benchmark: dispatch vs pgbench and HTTP ceilings, and more (docs/benchmarks.md)"
-    )
-    bench_cmd.add_argument("--quick", action="store_true", help="a few seconds per scenario, for CI")
-    bench_cmd.add_argument("--only", action="append", default=[], help="run only this scenario (repeatable)")
-    bench_cmd.add_argument(
-        "--loadgen",
-        choices=("auto", "wrk", "asyncio"),
-        default="auto",
-        help="auto: wrk, installed if missing",
-    )
-    bench_cmd.add_argument(
-        "--workers", type=int, default=2, help="uvicorn processes of the service (WORKERS); default 2"
-    )
-    bench_cmd.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for the JSON")
-    bench_cmd.add_argument("--keep", action="store_true", help="keep the run's logs and work files")
     args = parser.parse_args(argv)
-
-    if args.command == "bench":
-        from .bench import runner
-
-        return runner.main(args.quick, args.only, args.loadgen, args.out, args.keep, args.workers)
 
     if args.command == "sql":
         if args.name is None:

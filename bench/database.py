@@ -5,14 +5,16 @@ import itertools
 import os
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from .. import db, sql
+from baywheels import db, sql
 
-SQL_FILE = sql.sql_dir() / "bench" / "bench.sql"
+# The harness's own queries, beside it: the service's sql/ holds only what the service runs.
+SQL_FILE = Path(__file__).resolve().parent / "bench.sql"
 
 
 @cache
@@ -21,7 +23,7 @@ def _queries() -> dict[str, sql.Query]:
 
 
 def q(name: str, /, **identifiers: str) -> str:
-    """A query of sql/bench/bench.sql, with {placeholders} filled by quoted identifiers."""
+    """A query of bench.sql, with {placeholders} filled by quoted identifiers."""
     quoted = {key: '"' + value.replace('"', '""') + '"' for key, value in identifiers.items()}
     return _queries()[name].text.format(**quoted) if quoted else _queries()[name].text
 

@@ -1,5 +1,5 @@
 """A minimal HTTP/1.1 keep-alive client on raw asyncio streams, and the closed-loop load generator built on
-it (the fallback when wrk is not installed: ``python -m baywheels.bench.client``, same arguments and output
+it (the fallback when wrk is not installed: ``python -m bench.client``, same arguments and output
 as ``wrk.lua`` beside this module). httpx would spend more CPU per request than the service does."""
 
 import argparse
@@ -127,7 +127,7 @@ async def closed_loop(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m baywheels.bench.client", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.client", description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--connections", type=int, required=True)
     parser.add_argument("--duration", type=float, required=True)

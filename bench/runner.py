@@ -1,4 +1,4 @@
-"""``baywheels bench``: start PostgreSQL, run the scenarios, print the table, write the JSON."""
+"""``python -m bench``: start PostgreSQL, run the scenarios, print the table, write the JSON."""
 
 import asyncio
 import os
@@ -17,14 +17,17 @@ from typing import Any
 
 import msgspec
 
-from .. import logs
-from .. import settings as config
+from baywheels import logs
+from baywheels import settings as config
+
 from . import pgbench
+from .config import FULL, QUICK, Config
+from .context import Context
 from .database import Server, connect, q
 from .loadgen import LoadGen
 from .procs import ensure_wrk, loadavg, machine_seconds, parent
-from .report import Table
-from .scenarios import FULL, QUICK, SCENARIOS, Config, Context
+from .report import entries, table
+from .scenarios import SCENARIOS
 
 PG_SETTINGS = [
     "autovacuum",
@@ -139,14 +142,14 @@ async def run(
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     wrk = None if loadgen == "asyncio" else ensure_wrk()
     if loadgen == "wrk" and wrk is None:
-        print("baywheels bench: wrk is not installed and could not be (apt-get install wrk)", file=sys.stderr)
+        print("bench: wrk is not installed and could not be (apt-get install wrk)", file=sys.stderr)
         return 2
     if wrk is None and loadgen == "auto":
         print("wrk not available: using the asyncio client (more CPU per request; see docs/benchmarks.md)")
     workdir = Path(tempfile.mkdtemp(prefix="baywheels-bench-"))
     embedded = None
     if not dsn:
-        from ..embedded import EmbeddedPostgres
+        from baywheels.embedded import EmbeddedPostgres
 
         embedded = await asyncio.to_thread(EmbeddedPostgres, workdir / "pg", delete_on_stop=True)
         dsn = embedded.dsn()
@@ -159,12 +162,11 @@ async def run(
             load=LoadGen(wrk, workdir),
             workdir=workdir,
             postmaster=await postmaster_of(server),
-            table=Table([f"c={c}" for c in cfg.levels]),
             workers=workers,
         )
         machine, versions = env["machine"], env["versions"]
         print(
-            f"baywheels bench {'--quick' if cfg.quick else '(full)'}: {machine['nproc']} x {machine['cpu']}, "
+            f"bench {'--quick' if cfg.quick else '(full)'}: {machine['nproc']} x {machine['cpu']}, "
             f"{machine['memory']}, load {' '.join(machine['loadavg_at_start'])}; "
             f"PostgreSQL {versions['postgresql']} ({'DATABASE_URL' if embedded is None else 'embedded'}); "
             f"load generator: {ctx.load.name}; service: {workers} uvicorn worker(s), "
@@ -174,7 +176,7 @@ async def run(
         for name, scenario in SCENARIOS.items():
             if not only or name in only:
                 begun = time.monotonic()
-                await scenario(ctx)
+                ctx.results[name] = await scenario(ctx)
                 print(f"  ({name}: {time.monotonic() - begun:.1f} s)", flush=True)
     finally:
         await server.drop_all()
@@ -185,8 +187,9 @@ async def run(
     elapsed = time.monotonic() - started
     # Time the hypervisor gave our virtual CPUs to other guests: how noisy the machine was over the run.
     steal = 100 * (machine_seconds()[1] - steal_before) / elapsed
+    rendered = table(cfg.levels, ctx.results).render()
     print()
-    print(ctx.table.render())
+    print(rendered)
     print()
     print(
         f"invariant: {len(ctx.invariants) - len(failed)} of {len(ctx.invariants)} checks passed "
@@ -203,9 +206,9 @@ async def run(
         "service_workers": workers,
         **env,
         "pgbench_script": pgbench.script(),
-        "results": ctx.results,
+        "results": entries(ctx.results),
         "invariants": [msgspec.to_builtins(inv.__dict__) for inv in ctx.invariants],
-        "table": ctx.table.render(),
+        "table": rendered,
     }
     out = await asyncio.to_thread(write, out_dir, report)
     print(f"results: {out}   ({elapsed:.0f} s; CPU stolen by the hypervisor over the run: {steal:.0f} %)")
@@ -222,7 +225,7 @@ def main(quick: bool, only: Sequence[str], loadgen: str, out_dir: Path, keep: bo
     unknown = set(only) - set(SCENARIOS)
     if unknown:
         print(
-            f"baywheels bench: no scenario {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}",
+            f"bench: no scenario {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}",
             file=sys.stderr,
         )
         return 2

@@ -1,4 +1,4 @@
--- Queries of the benchmark harness (`baywheels bench`), loaded with baywheels.sql.parse. They arrange state
+-- Queries of the benchmark harness (`python -m bench`), loaded with baywheels.sql.parse. They arrange state
 -- directly (a backlog made in one statement is set-up, not the thing measured) and read what PostgreSQL
 -- counts. {placeholders} are identifiers the harness fills in, quoted.
 

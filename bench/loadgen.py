@@ -3,6 +3,7 @@ ceiling), or the asyncio client in a separate process when wrk cannot be had. Bo
 
 import asyncio
 import itertools
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,8 @@ from .procs import run_tool
 from .stats import LoadResult
 
 LUA = Path(__file__).resolve().parent / "wrk.lua"
+# The folder holding this package: the asyncio client runs as ``python -m bench.client`` in the work folder.
+HOME = Path(__file__).resolve().parents[1]
 # Longer than any answer we expect, so that a slow one is measured rather than dropped as a timeout.
 TIMEOUT = "30s"
 _runs = itertools.count(1)
@@ -39,6 +42,7 @@ class LoadGen:
     async def run(self, port: int, mode: str, connections: int, duration: float, *params: object) -> Load:
         """``connections`` concurrent clients for ``duration`` seconds; see wrk.lua for the modes."""
         out = self.workdir / f"{next(_runs):03d}-{mode}-c{connections}.json"
+        env = None
         if self.wrk:
             threads = min(2, connections)
             command = [
@@ -60,7 +64,7 @@ class LoadGen:
             command = [
                 sys.executable,
                 "-m",
-                "baywheels.bench.client",
+                "bench.client",
                 f"--port={port}",
                 f"--connections={connections}",
                 f"--duration={duration}",
@@ -68,7 +72,9 @@ class LoadGen:
                 str(out),
                 *map(str, params),
             ]
-        code, cpu, log = await asyncio.to_thread(run_tool, command, self.workdir)
+            pythonpath = os.pathsep.join(filter(None, [str(HOME), os.environ.get("PYTHONPATH")]))
+            env = {**os.environ, "PYTHONPATH": pythonpath}
+        code, cpu, log = await asyncio.to_thread(run_tool, command, self.workdir, env)
         if code != 0 or not out.exists():
             raise RuntimeError(f"{self.name} failed ({code}):\n{log}")
         result = msgspec.json.decode(out.read_bytes(), type=LoadResult)

@@ -1,4 +1,4 @@
--- wrk script of `baywheels bench`. Arguments after `--`: MODE OUT THREADS [FIRST LAST [SIZE]]
+-- wrk script of `python -m bench`. Arguments after `--`: MODE OUT THREADS [FIRST LAST [SIZE]]
 --   healthz                    GET /healthz (the HTTP ceiling: no database)
 --   dispatch [WAIT]            POST /dispatch/next, a distinct worker id per request
 --   approve FIRST LAST         POST /task/approve, suggestion ids FIRST..LAST, each once

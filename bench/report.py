@@ -1,0 +1,187 @@
+"""The report of a run: the one table printed at the end, and the results as the JSON keeps them, both from
+the scenarios' typed results."""
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from .context import Operation
+from .fmt import mb, num, ratio
+from .scenarios.dispatch import Ladder, Point
+from .scenarios.ingest_approve import IngestApprove
+from .scenarios.longpoll import Longpoll
+from .scenarios.sustained import Sustained
+
+# The supply of ids ran out before the time did: the rate is a lower bound.
+DRY = "   (ran dry: a lower bound)"
+
+
+@dataclass
+class Table:
+    """Rows of a figure and its values per column; a row with one value spans the columns, a row with a
+    name only is a section heading."""
+
+    columns: Sequence[str]
+    rows: list[tuple[str, list[str]]] = field(default_factory=list)
+
+    def add(self, figure: str, *values: str) -> None:
+        self.rows.append((figure, list(values)))
+
+    def section(self, title: str) -> None:
+        self.rows.append((title, []))
+
+    def render(self) -> str:
+        multi = [values for _, values in self.rows if len(values) > 1]
+        widths = [
+            max([len(column)] + [len(values[i]) for values in multi if i < len(values)])
+            for i, column in enumerate(self.columns)
+        ]
+        label = max(len(figure) for figure, values in self.rows if values) + 4
+        lines = ["".ljust(label) + "  ".join(c.rjust(w) for c, w in zip(self.columns, widths, strict=True))]
+        lines.append("-" * len(lines[0]))
+        for figure, values in self.rows:
+            if not values:
+                lines.append(f"{figure}")
+            elif len(values) == 1:
+                lines.append(f"  {figure}".ljust(label) + values[0])
+            else:
+                cells = [v.rjust(w) for v, w in zip(values, widths, strict=False)]
+                lines.append(f"  {figure}".ljust(label) + "  ".join(cells))
+        return "\n".join(lines)
+
+
+def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table:
+    """The rows of each scenario that ran, in the order they ran; a column per concurrency of the ladder."""
+    out = Table([f"c={c}" for c in levels])
+    for name, result in results.items():
+        if name == "dispatch" and isinstance(result, Ladder):
+            dispatch_rows(out, levels, result)
+        elif name == "dispatch_sync_off" and isinstance(result, Ladder):
+            out.section(
+                "Dispatch, synchronous_commit=off (NOT of record: commits do not wait for the WAL flush)"
+            )
+            ladder_rows(out, levels, result, http=False)
+        elif isinstance(result, IngestApprove):
+            ingest_approve_rows(out, result)
+        elif name == "complete" and isinstance(result, Operation):
+            complete_rows(out, result)
+        elif isinstance(result, Longpoll):
+            longpoll_rows(out, result)
+        elif isinstance(result, Sustained):
+            sustained_rows(out, result)
+        else:
+            raise TypeError(f"no rows for scenario {name} ({type(result).__name__})")
+    return out
+
+
+def entries(results: Mapping[str, msgspec.Struct]) -> dict[str, msgspec.Struct]:
+    """The JSON's "results": each scenario's under its name, but ingest_approve's two as "ingest" and
+    "approve"."""
+    out: dict[str, msgspec.Struct] = {}
+    for name, result in results.items():
+        if isinstance(result, IngestApprove):
+            out["ingest"], out["approve"] = result.ingest, result.approve
+        else:
+            out[name] = result
+    return out
+
+
+def dispatch_rows(table: Table, levels: Sequence[int], ladder: Ladder) -> None:
+    table.section("Dispatch, synchronous_commit=on (of record)")
+    ladder_rows(table, levels, ladder, http=True)
+    top = max(ladder.points)
+    table.add(
+        f"service memory (PSS) under {top} dispatchers", mb(ladder.points[top].service.service_rss_peak)
+    )
+
+
+def ladder_rows(table: Table, levels: Sequence[int], ladder: Ladder, http: bool) -> None:
+    points = ladder.points
+
+    def cells(fn: Callable[[Point], str]) -> list[str]:
+        return [fn(points[c]) if c in points else "-" for c in levels]
+
+    def ceiling(p: Point) -> float:
+        assert p.http is not None
+        return p.http.rate
+
+    table.add("DB ceiling: pgbench task_dispatch, tps", *cells(lambda p: num(p.db.tps)))
+    if http:
+        table.add("HTTP ceiling: GET /healthz, req/s", *cells(lambda p: num(ceiling(p))))
+    table.add("service: POST /dispatch/next, /s", *cells(lambda p: num(p.service.rate)))
+    table.add("service / DB ceiling", *cells(lambda p: ratio(p.service.rate, p.db.tps)))
+    best = max(p.db.tps for p in points.values())
+    table.add("service / best DB ceiling of the row", *cells(lambda p: ratio(p.service.rate, best)))
+    if http:
+        table.add("service / HTTP ceiling", *cells(lambda p: ratio(p.service.rate, ceiling(p))))
+
+    def latency_ms(stat: str) -> Callable[[Point], str]:
+        return lambda p: f"{getattr(p.service.latency_us, stat) / 1000:.1f}"
+
+    for stat in ("p50", "p95", "p99", "max"):
+        table.add(f"dispatch latency {stat}, ms", *cells(latency_ms(stat)))
+    table.add(
+        "pgbench latency p50 / p99, ms",
+        *cells(lambda p: f"{p.db.latency_us.p50 / 1000:.1f} / {p.db.latency_us.p99 / 1000:.1f}"),
+    )
+    table.add("errors (non-200 + socket)", *cells(lambda p: str(p.service.failures)))
+    table.add(
+        "exactly once (in flight at stop)",
+        *cells(lambda p: ("ok" if p.invariant.ok else "FAIL") + f" ({p.invariant.in_flight})"),
+    )
+
+
+def ingest_approve_rows(table: Table, result: IngestApprove) -> None:
+    ingest, single, many = result.ingest, result.approve.single, result.approve.many
+    table.section("Ingest, approve, complete")
+    table.add(f"ingest, {ingest.batch_size:,}-item POST /suggestions", f"{num(ingest.rate)} suggestions/s")
+    table.add(
+        f"approve, POST /task/approve (c={single.connections})",
+        f"{num(single.rate)} /s   p99 {single.latency_us.p99 / 1000:.1f} ms"
+        + (DRY if single.ran_dry else ""),
+    )
+    table.add(
+        f"approve, POST /tasks/approve x{many.per_request} (c={many.connections})",
+        f"{num(many.tasks_rate)} tasks/s   p99 {many.latency_us.p99 / 1000:.1f} ms"
+        + (DRY if many.ran_dry else ""),
+    )
+
+
+def complete_rows(table: Table, result: Operation) -> None:
+    table.add(
+        f"complete, POST /task/{{id}}/complete (c={result.connections})",
+        f"{num(result.rate)} /s   p99 {result.latency_us.p99 / 1000:.1f} ms"
+        + (DRY if result.ran_dry else ""),
+    )
+
+
+def longpoll_rows(table: Table, result: Longpoll) -> None:
+    table.section("Long-poll (wait_seconds=30)")
+    table.add(
+        f"idle DB transactions/s: 0 vs {result.pollers} waiting",
+        f"{result.transactions_per_s_without:.1f} vs {result.transactions_per_s_with:.1f}",
+    )
+    table.add(
+        f"service memory (PSS): 0 vs {result.pollers} waiting",
+        f"{mb(result.rss_without)} vs {mb(result.rss_with)}",
+    )
+    wake = result.wakeup_latency_us
+    table.add(
+        "wake-up, approve sent -> worker answered",
+        f"p50 {wake.p50 / 1000:.1f} ms   p99 {wake.p99 / 1000:.1f} ms",
+    )
+
+
+def sustained_rows(table: Table, result: Sustained) -> None:
+    window, tail, keep = result.window_s, result.samples[-1], result.last_over_first
+    early, late = result.ready_idx_blocks_per_dispatch_first, result.ready_idx_blocks_per_dispatch_last
+    table.section(f"Sustained dispatch, {result.duration_s:g} s at c={result.connections}")
+    table.add(
+        f"first {window:g} s -> last {window:g} s, dispatches/s",
+        f"{num(result.first_window_rate)} -> {num(result.last_window_rate)}  ({100 * keep:.0f} %)",
+    )
+    table.add("ready-index blocks per dispatch, first -> last", f"{early:.1f} -> {late:.1f}")
+    table.add(
+        "dead tuples at end, autovacuums of tasks", f"{tail['n_dead_tup']:,}, {tail['autovacuum_count']}"
+    )
