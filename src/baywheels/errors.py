@@ -34,6 +34,10 @@ class NotFound(ServiceError):
     status_code = 404
 
 
+class RequestTimeout(ServiceError):
+    status_code = 408
+
+
 class Conflict(ServiceError):
     status_code = 409
 
