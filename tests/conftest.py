@@ -133,15 +133,15 @@ class LiveServer:
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
         env = {**os.environ, "DATABASE_URL": self.database_url, "ACCESS_LOG": "false", **self.env}
-        log = subprocess.DEVNULL if self.log_path is None else self.log_path.open("ab")
+        log = None if self.log_path is None else self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(self.port)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=log,
+            stderr=subprocess.DEVNULL if log is None else log,
         )
-        if self.log_path is not None:
-            log.close()  # type: ignore[union-attr]
+        if log is not None:
+            log.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

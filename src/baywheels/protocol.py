@@ -218,18 +218,20 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
     """The answer to a request beyond MAX_CONNECTIONS, in the app's place."""
     retry_after = BoundedHttpToolsProtocol.limits.retry_after
+    body = msgspec.json.encode({"detail": "Too many connections, retry later"})
     await send(
         {
             "type": "http.response.start",
             "status": 503,
             "headers": [
                 (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
                 (b"retry-after", str(retry_after).encode()),
                 (b"connection", b"close"),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": b'{"detail":"Too many connections, retry later"}'})
+    await send({"type": "http.response.body", "body": body})
 
 
 def configure(settings: Settings) -> None:
