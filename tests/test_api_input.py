@@ -79,6 +79,8 @@ async def test_integral_floats_count_as_integers(client: httpx.AsyncClient) -> N
         400,
         "Expected `int`, got `float` - at `$.suggestion_id`",
     )
+    dispatched = await client.post("/dispatch/next", json={"worker_id": "van-7", "lease_seconds": 60.0})
+    assert_error(dispatched, 404, "No available tasks with status 'ready'")  # not `int | null`, got `float`
     result = json_of(await client.post("/suggestions", json=[item(1.0, 2e0, qty=3.0, priority=-1.0)]), 201)
     task = json_of(await client.post("/task/approve", json={"suggestion_id": float(result["ids"][0])}), 200)
     assert (task["from_station_id"], task["to_station_id"], task["qty"], task["priority"]) == (1, 2, 3, -1)

@@ -1,5 +1,6 @@
 """Request helpers shared by the handlers: the pool, body and query decoding, path ids."""
 
+import re
 from typing import Any, TypeVar, cast
 
 import asyncpg
@@ -13,6 +14,9 @@ from .state import app_state
 T = TypeVar("T")
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+# msgspec's error for a float where an integer (or an optional one) is due.
+_INT_GOT_FLOAT = re.compile(r"Expected `(int|int \| null)`, got `float`")
 
 
 def pool(request: Request) -> asyncpg.Pool:
@@ -34,7 +38,7 @@ def _decode(raw: bytes, type_: type[T]) -> T:
         # msgspec decodes each string as it meets it and lets the codec's error through.
         raise BadRequest(f"JSON is malformed: invalid UTF-8 (byte {_first_bad_byte(raw)})") from None
     except msgspec.ValidationError as exc:
-        if not str(exc).startswith("Expected `int`, got `float`"):
+        if not _INT_GOT_FLOAT.match(str(exc)):
             raise
     # JSON Schema's integer includes 8414.0, so we take it too (but not 8414.5). Only a body that failed on a
     # float takes this slower path; the typed decoder above stays the fast one.
