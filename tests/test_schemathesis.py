@@ -12,7 +12,7 @@ from conftest import LiveServer
 TESTS = Path(__file__).parent
 
 
-def test_schemathesis_finds_nothing(live_server: LiveServer) -> None:
+def test_schemathesis_finds_nothing(live_server: LiveServer, tmp_path: Path) -> None:
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
         f"--config-file={TESTS / 'schemathesis.toml'}",
@@ -30,5 +30,6 @@ def test_schemathesis_finds_nothing(live_server: LiveServer) -> None:
         "SCHEMATHESIS_HOOKS": "schemathesis_hooks",
         "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    # Run in a temporary folder: schemathesis keeps a cache of crashes in the working directory.
+    run = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-20_000:] + run.stderr[-5_000:]
