@@ -122,6 +122,7 @@ class LiveServer:
 
     database_url: str
     env: dict[str, str]
+    log_path: Path | None = None  # where its stderr (the log) goes; discarded when unset
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
 
@@ -132,12 +133,15 @@ class LiveServer:
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
         env = {**os.environ, "DATABASE_URL": self.database_url, "ACCESS_LOG": "false", **self.env}
+        log = None if self.log_path is None else self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(self.port)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if log is None else log,
         )
+        if log is not None:
+            log.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

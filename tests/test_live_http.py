@@ -104,6 +104,13 @@ async def test_malformed_json_is_400(server: LiveServer) -> None:
             ("/suggestions", b'[{"from_station_id": 1,', "Input data was truncated"),
             ("/dispatch/next", b"{", "Input data was truncated"),
             ("/dispatch/next", b'{"worker_id": 5}', "Expected `str`, got `int` - at `$.worker_id`"),
+            ("/dispatch/next", b'{"worker_id": "\xff"}', "JSON is malformed: invalid UTF-8 (byte 15)"),
+            (
+                "/suggestions",
+                b'[{"from_station_id": 1, "to_station_id": 2, "qty": 1, "reason": "x", '
+                b'"not_before": "9999-12-31T23:59:59-14:00"}]',
+                "not_before is out of range once converted to UTC - at `$[0]`",
+            ),
         ]
         for path, body, detail in cases:
             response = await client.post(path, content=body, headers=JSON)

@@ -21,7 +21,7 @@ def test_defaults(no_env_file: Path) -> None:
     assert settings == Settings()
     assert (settings.host, settings.port, settings.database_url) == ("127.0.0.1", 8000, None)
     assert settings.max_body_bytes == 10 * 1024 * 1024
-    assert (settings.log_level, settings.log_format, settings.access_log) == ("info", "json", True)
+    assert (settings.log_level, settings.log_format, settings.access_log) == ("info", None, True)
 
 
 def test_environment_overrides(no_env_file: Path) -> None:

@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, metrics, openapi
+from . import db, logs, metrics, openapi, protocol
 from . import settings as config
 from .dispatcher import Dispatcher
 from .errors import EXCEPTION_HANDLERS
@@ -58,7 +58,12 @@ def create_app(settings: Settings) -> Starlette:
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
-            Middleware(RequestContext, max_body_bytes=settings.max_body_bytes, access_log=settings.access_log)
+            Middleware(
+                RequestContext,
+                max_body_bytes=settings.max_body_bytes,
+                body_timeout=settings.request_body_timeout,
+                access_log=settings.access_log,
+            )
         ],
         lifespan=lifespan,
     )
@@ -78,6 +83,7 @@ def from_environment() -> Starlette:
     the environment, where the parent has put the DATABASE_URL it resolved."""
     settings = config.load()
     logs.configure(settings.log_level, settings.log_format)
+    protocol.configure(settings)
     app = create_app(settings)
     serving_gc()
     return app

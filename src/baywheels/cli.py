@@ -28,7 +28,7 @@ def _database(settings: config.Settings) -> tuple[config.Settings, EmbeddedPostg
 def serve(settings: config.Settings, migrate: bool) -> None:
     import uvicorn
 
-    from . import db
+    from . import db, protocol
     from .app import create_app, serving_gc
 
     # uvicorn shuts down gracefully on SIGTERM, then raises it again, and its default action would kill the
@@ -46,11 +46,12 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             host=settings.host,
             port=settings.port,
             loop="uvloop",
-            http="httptools",
+            http=protocol.BoundedHttpToolsProtocol,  # httptools, with header, read-time and connection limits
             log_config=None,
             access_log=False,
             server_header=False,
         )
+        protocol.configure(settings)
         if settings.workers == 1:
             app = create_app(settings)
             serving_gc()

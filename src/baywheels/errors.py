@@ -3,6 +3,7 @@
 from collections.abc import Mapping
 
 import asyncpg
+import asyncpg.exceptions._base
 import msgspec
 import structlog
 from starlette.exceptions import HTTPException
@@ -31,6 +32,10 @@ class BadRequest(ServiceError):
 
 class NotFound(ServiceError):
     status_code = 404
+
+
+class RequestTimeout(ServiceError):
+    status_code = 408
 
 
 class Conflict(ServiceError):
@@ -104,6 +109,13 @@ async def _nul_in_text(request: Request, exc: Exception) -> Response:
     return error_response(400, "Text must not contain the NUL character (\\u0000)")
 
 
+async def _invalid_value(request: Request, exc: Exception) -> Response:
+    # The last resort for a value the request Structs let through but PostgreSQL (22xxx) or asyncpg's encoder
+    # refused. Their messages quote SQL or query arguments, so they go to the log only.
+    log.warning("invalid_value", error=f"{type(exc).__name__}: {exc}")
+    return error_response(400, "A value in the request is out of range or not valid for the database")
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
     log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
     retry_after = str(app_state(request).settings.retry_after)
@@ -117,5 +129,7 @@ EXCEPTION_HANDLERS = {
     msgspec.DecodeError: _invalid_body,
     asyncpg.UniqueViolationError: _unique_violation,
     asyncpg.CharacterNotInRepertoireError: _nul_in_text,
+    asyncpg.DataError: _invalid_value,  # PostgreSQL's data exceptions (SQLSTATE class 22)
+    asyncpg.exceptions._base.DataError: _invalid_value,  # asyncpg's own, when encoding an argument
     **dict.fromkeys(DATABASE_UNAVAILABLE, _database_unavailable),
 }

@@ -1,4 +1,5 @@
-"""Structured logs: one line per event, JSON by default, each naming the request it belongs to."""
+"""Structured logs: one line per event, each naming the request it belongs to; readable on a terminal, JSON
+otherwise."""
 
 import logging
 import sys
@@ -6,10 +7,17 @@ import sys
 import structlog
 
 
-def configure(level: str, fmt: str) -> None:
+def output_format(fmt: str | None) -> str:
+    """The LOG_FORMAT given, else `console` for a person at a terminal and `json` for a log collector."""
+    if fmt is not None:
+        return fmt
+    return "console" if sys.stderr.isatty() else "json"
+
+
+def configure(level: str, fmt: str | None) -> None:
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
-        if fmt == "json"
+        if output_format(fmt) == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[structlog.types.Processor] = [

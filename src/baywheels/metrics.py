@@ -23,6 +23,11 @@ LATENCY = Histogram(
     ["method", "route"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+LIMITED = Counter(
+    "baywheels_http_limited_total",
+    "Requests refused or connections cut by a limit (header size or count, read time, connections).",
+    ["limit"],
+)
 DISPATCHES = Counter("baywheels_dispatch_total", "Dispatch requests by outcome.", ["outcome"])
 WAITERS = Gauge(
     "baywheels_dispatch_waiters",

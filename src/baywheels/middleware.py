@@ -1,6 +1,7 @@
-"""One pure-ASGI layer around every request: request id, body limit, access log, metrics, and the last-resort
-500 that names nothing internal."""
+"""One pure-ASGI layer around every request: request id, body size and time limits, access log, metrics, and
+the last-resort 500 that names nothing internal."""
 
+import asyncio
 import functools
 import itertools
 import re
@@ -9,13 +10,17 @@ import time
 
 import structlog
 from prometheus_client import Counter, Histogram
+from starlette.requests import ClientDisconnect
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .errors import PayloadTooLarge, error_response
+from .errors import PayloadTooLarge, RequestTimeout, error_response
 
 log = structlog.get_logger("baywheels.access")
+
+# A request whose client went away before its answer (nginx's "client closed request"); nobody receives it.
+CLIENT_CLOSED = 499
 
 # A client's own id is echoed only when it is short and harmless to put in logs and headers.
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
@@ -44,9 +49,10 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 class RequestContext:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: bool) -> None:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float, access_log: bool) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.body_timeout = body_timeout
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,6 +61,8 @@ class RequestContext:
             return
 
         started = time.perf_counter()
+        # The app starts once the headers are in (uvicorn), so this bounds the time to receive the body.
+        body_deadline = asyncio.get_running_loop().time() + self.body_timeout
         given = _header(scope, b"x-request-id")
         request_id = given.decode() if given and _SANE_REQUEST_ID.match(given) else _new_request_id()
         structlog.contextvars.clear_contextvars()
@@ -71,14 +79,29 @@ class RequestContext:
             await send(message)
 
         received = 0
+        body_done = False
 
         async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:
+                # Past the body, a receive waits for the disconnect (a long poll): no deadline.
+                return await receive()
+            try:
+                async with asyncio.timeout_at(body_deadline):
+                    message = await receive()
+            except TimeoutError:
+                log.warning("http_limit_reached", limit="body_timeout", received_bytes=received)
+                metrics.LIMITED.labels("body_timeout").inc()
+                # The rest of the body may still come: the connection cannot carry another request.
+                raise RequestTimeout(
+                    f"Request body not received within {self.body_timeout:g} s",
+                    {"Connection": "close"},
+                ) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise PayloadTooLarge(self._too_large)
+                body_done = not message.get("more_body", False)
             return message
 
         try:
@@ -88,6 +111,12 @@ class RequestContext:
                 await error_response(413, self._too_large)(scope, receive, send_with_id)
             else:
                 await self.app(scope, receive_limited, send_with_id)
+        except ClientDisconnect:
+            # The client left in the middle of its body (Starlette's request.body()): its doing, not ours.
+            status = CLIENT_CLOSED
+            log.info(
+                "client_disconnected", method=scope["method"], path=scope["path"], received_bytes=received
+            )
         except Exception:
             log.exception("unhandled_error", method=scope["method"], path=scope["path"])
             if response_started:

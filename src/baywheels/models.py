@@ -1,6 +1,6 @@
 """Request and response bodies. The docstring of each Struct becomes its description in the OpenAPI schema."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -30,7 +30,16 @@ Note = Annotated[str, Meta(max_length=2000, pattern=NO_NUL)]
 # Printable ASCII without spaces: safe to compare, store and log. Checked by the dispatch handler and
 # documented by the OpenAPI document.
 IDEMPOTENCY_KEY = r"^[\x21-\x7e]{1,128}$"
-NotBefore = Annotated[datetime, Meta(tz=True, description="Not dispatched before this time (RFC 3339).")]
+NotBefore = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description=(
+            "Not dispatched before this time (RFC 3339, with an offset). In UTC it must lie after "
+            "0001-01-01T00:00:00Z and before 9999-12-31T23:59:59.999999Z."
+        ),
+    ),
+]
 
 
 class Model(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -56,10 +65,10 @@ class Health(Model, frozen=True, kw_only=True):
 
 
 class SuggestionIn(Model, frozen=True, kw_only=True):
-    """One rebalancing suggestion posted by the ML engine."""
+    """One rebalancing suggestion posted by the ML engine; `from_station_id` and `to_station_id` differ."""
 
     from_station_id: StationId
-    to_station_id: StationId
+    to_station_id: Annotated[StationId, Meta(description="Station id; must differ from from_station_id.")]
     qty: Qty
     reason: Reason
     priority: Priority = 0
@@ -68,6 +77,21 @@ class SuggestionIn(Model, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.from_station_id == self.to_station_id:
             raise ValueError("from_station_id and to_station_id must differ")
+        if self.not_before is not None and not _storable(self.not_before):
+            raise ValueError("not_before is out of range once converted to UTC")
+
+
+def _storable(moment: datetime) -> bool:
+    """Whether asyncpg can store this instant as itself. It converts to UTC first: 9999-12-31T23:59:59-14:00
+    is in the year 10000 there, which Python cannot represent, and it writes the very first and last instants
+    Python can (0001-01-01T00:00:00Z, 9999-12-31T23:59:59.999999Z) as PostgreSQL's -infinity and infinity,
+    which read back without a time zone. Refused in validation, naming the field, rather than failing the
+    whole batch's statement in the database."""
+    try:
+        utc = moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        return False
+    return datetime.min < utc < datetime.max
 
 
 SuggestionBatch = Annotated[list[SuggestionIn], Meta(min_length=1, max_length=10_000)]

@@ -1,19 +1,23 @@
 """Request helpers shared by the handlers: the pool, body and query decoding, path ids."""
 
-from typing import Any, TypeVar
+import re
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import msgspec
 from starlette.convertors import Convertor
 from starlette.requests import Request
 
-from .errors import NotFound
+from .errors import BadRequest, NotFound
 from .models import INT64_MAX
 from .state import app_state
 
 T = TypeVar("T")
 
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+# msgspec's error for a float where an integer (or an optional one) is due.
+_INT_GOT_FLOAT = re.compile(r"Expected `(int|int \| null)`, got `float`")
 
 
 def pool(request: Request) -> asyncpg.Pool:
@@ -28,15 +32,47 @@ def _decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
     return decoder
 
 
+def _decode(raw: bytes, type_: type[T]) -> T:
+    try:
+        return _decoder(type_).decode(raw)
+    except UnicodeDecodeError:
+        # msgspec decodes each string as it meets it and lets the codec's error through.
+        raise BadRequest(f"JSON is malformed: invalid UTF-8 (byte {_first_bad_byte(raw)})") from None
+    except msgspec.ValidationError as exc:
+        if not _INT_GOT_FLOAT.match(str(exc)):
+            raise
+    # JSON Schema's integer includes 8414.0, so we take it too (but not 8414.5). Only a body that failed on a
+    # float takes this slower path; the typed decoder above stays the fast one.
+    return msgspec.convert(_integral_floats_as_ints(msgspec.json.decode(raw)), type_)
+
+
+def _first_bad_byte(raw: bytes) -> int:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return 0  # not reached: the decoder found one
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    return value
+
+
 async def body(request: Request, type_: type[T]) -> T:
     """Decode and validate the JSON body; msgspec's error names the offending field (400)."""
-    return _decoder(type_).decode(await request.body())
+    return _decode(await request.body(), type_)
 
 
 async def optional_body(request: Request, type_: type[T]) -> T:
     """Like ``body``, but an empty body means the type's defaults."""
     raw = await request.body()
-    return _decoder(type_).decode(raw if raw.strip() else b"{}")
+    return _decode(raw if raw.strip() else b"{}", type_)
 
 
 def query(request: Request, type_: type[T]) -> T:

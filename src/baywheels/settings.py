@@ -36,9 +36,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     db_command_timeout: Seconds = 30.0
     db_connect_timeout: Seconds = 5.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "console"] = "json"
+    # Unset: readable lines (`console`) when stderr is a terminal, one JSON object per line otherwise.
+    log_format: Literal["json", "console"] | None = None
     access_log: bool = True
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 10 * 1024 * 1024
+    # Most header lines in one request; more get 431.
+    max_header_count: Annotated[int, Meta(ge=8, le=10_000)] = 100
+    # Most bytes in a request's head (request line and headers); more get 431.
+    max_header_bytes: Annotated[int, Meta(ge=1024, le=16 * 1024 * 1024)] = 32 * 1024
+    # Seconds from a connection's start (or a request's first byte) to the end of its headers; then 408.
+    request_header_timeout: Annotated[float, Meta(gt=0, le=3600)] = 30.0
+    # Seconds from the end of the headers to the end of the body; then 408.
+    request_body_timeout: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    # Open connections per process; a request on one more gets 503 (and fewer if open files are short).
+    max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 4096
     # Seconds a client is told to wait (Retry-After) when the database is unavailable.
     retry_after: Annotated[int, Meta(ge=1, le=3600)] = 2
     # Lease of a dispatched task unless the request asks for its own.
