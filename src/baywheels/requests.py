@@ -1,7 +1,7 @@
 """Request helpers shared by the handlers: the pool, body and query decoding, path ids."""
 
 import re
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
