@@ -63,6 +63,10 @@ def _lost(conn: PoolConnectionProxy | None) -> bool:
     return raw is None or raw.is_closed()
 
 
+# What asyncpg raises from a call on a connection that the server closed under it.
+_ON_LOST_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
 class _Acquire(PoolAcquireContext):
     """asyncpg's acquire context, naming an error on a connection the server closed for what it is."""
 
@@ -70,10 +74,12 @@ class _Acquire(PoolAcquireContext):
 
     async def __aexit__(self, *exc_info: object) -> None:
         exc = exc_info[1] if exc_info else None
-        # Only on the error path: a release without an exception costs what asyncpg's does.
-        errors = (asyncpg.InterfaceError, asyncpg.InternalClientError)
-        lost = isinstance(exc, errors) and _lost(self.connection)
-        await super().__aexit__(*exc_info)
+        lost = isinstance(exc, _ON_LOST_CONNECTION) and _lost(self.connection)
+        # asyncpg's own __aexit__, inlined: a release costs what it did, bar the isinstance above.
+        self.done = True
+        conn, self.connection = self.connection, None
+        assert conn is not None
+        await self.pool.release(conn)
         if lost and isinstance(exc, Exception):
             kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
             raise kind(str(exc)) from exc
@@ -93,7 +99,9 @@ class Pool(asyncpg.Pool):
     next statement on it is refused locally (``cannot switch to state 12; another operation (2) is in
     progress``), before anything is written, and asyncpg aborts the connection. The pool's one-statement
     shortcuts below then run the statement once more on another connection; in a transaction of the caller's
-    the refusal surfaces as ConnectionLost, a 503, since only the caller can start it again."""
+    the refusal surfaces as ConnectionLost, a 503, since only the caller can start it again.
+
+    The shortcuts are asyncpg's own (acquire, one call, release) plus that retry: no extra work per call."""
 
     __slots__ = ("_acquire_timeout",)
 
@@ -106,27 +114,35 @@ class Pool(asyncpg.Pool):
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         try:
-            return await super().execute(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.execute(query, *args, **kwargs)
         except StatementNotSent:
-            return await super().execute(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.execute(query, *args, **kwargs)
 
     async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().fetch(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.fetch(query, *args, **kwargs)
         except StatementNotSent:
-            return await super().fetch(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.fetch(query, *args, **kwargs)
 
     async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().fetchrow(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.fetchrow(query, *args, **kwargs)
         except StatementNotSent:
-            return await super().fetchrow(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.fetchrow(query, *args, **kwargs)
 
     async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await super().fetchval(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.fetchval(query, *args, **kwargs)
         except StatementNotSent:
-            return await super().fetchval(query, *args, **kwargs)
+            async with self.acquire() as conn:
+                return await conn.fetchval(query, *args, **kwargs)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
