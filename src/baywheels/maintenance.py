@@ -141,6 +141,10 @@ class Maintenance:
                 self._lost = True
                 log.warning("maintenance_error", error=f"{type(exc).__name__}: {exc}")
                 await asyncio.sleep(max(interval, 1.0))
+            except Exception:
+                # A fault of ours in a job: logged, and the loop carries on (leadership passes on meanwhile).
+                log.exception("maintenance_failed")
+                await asyncio.sleep(max(interval, 1.0))
 
     async def _try_lock(self, conn: asyncpg.Connection) -> bool:
         locked, now = await queries.maintenance_try_lock(conn)
@@ -159,9 +163,11 @@ class Maintenance:
         loop = asyncio.get_running_loop()
         due = dict.fromkeys(self.jobs, loop.time())
         while True:
+            # Jobs with the same interval stay in step: each is next due an interval after this pass began.
+            began = loop.time()
             for job in self.jobs:
-                if due[job] <= loop.time():
+                if due[job] <= began:
                     more = await job.run(conn)
                     self._last_contact = time.monotonic()
-                    due[job] = loop.time() + (0 if more else job.interval)
+                    due[job] = began if more else began + job.interval
             await asyncio.sleep(max(0.0, min(due.values()) - loop.time()))
