@@ -3,6 +3,7 @@ received its FATAL error but not yet its end of stream is never used as if healt
 connection the server closed is a connection loss (a 503), whatever asyncpg called it."""
 
 import asyncio
+import socket
 import struct
 from collections.abc import AsyncIterator
 
@@ -96,3 +97,18 @@ async def test_a_connection_terminated_inside_a_transaction_is_a_connection_loss
     finally:
         await observer.close()
     assert await pool.fetchval("SELECT 1") == 1
+
+
+async def test_only_database_and_connection_errors_are_unavailable() -> None:
+    """An OSError while connecting is the database being unreachable (a 503); any other is our fault."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        refused = unused.getsockname()[1]  # bound, never listening: connections are refused
+        with pytest.raises(db.DatabaseUnreachable) as raised:
+            await db.connect(f"postgresql://postgres@127.0.0.1:{refused}/postgres", timeout=5)
+    assert isinstance(raised.value.__cause__, ConnectionRefusedError)
+    with pytest.raises(db.DatabaseUnreachable):
+        await db.connect("postgresql://postgres@no-such-host.invalid/postgres", timeout=5)
+    assert isinstance(raised.value, DATABASE_UNAVAILABLE)
+    assert not isinstance(FileNotFoundError(2, "settings.toml"), DATABASE_UNAVAILABLE)
+    assert not isinstance(PermissionError(13, "/var/log"), DATABASE_UNAVAILABLE)
