@@ -8,8 +8,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+import msgspec
 from starlette.applications import Starlette
 from starlette.types import Receive, Scope, Send
+
+from baywheels.app import create_app
+from baywheels.settings import Settings
+from baywheels.state import STATE_KEY, AppState
 
 # Every key of a task body. Tests compare bodies through these sets, so a new field changes one line.
 TASK_KEYS = frozenset(
@@ -152,3 +157,22 @@ async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
+
+
+@asynccontextmanager
+async def serving(settings: Settings, database_url: str) -> AsyncIterator[tuple[httpx.AsyncClient, AppState]]:
+    """As ``in_process``, on ``database_url`` and failing fast while it is unreachable (a test's proxy taken
+    down), with the lifespan's state at hand."""
+    fast_failing = msgspec.structs.replace(
+        settings, database_url=database_url, db_connect_timeout=1.0, pool_acquire_timeout=1.0
+    )
+    app = create_app(fast_failing)
+    async with app.router.lifespan_context(app) as lifespan_state:
+        state = dict(lifespan_state or {})
+
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            await app({**scope, "state": dict(state)}, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
+            yield client, state[STATE_KEY]

@@ -13,13 +13,10 @@ from baywheels.models import Task
 
 
 @pytest.fixture
-async def dispatcher(
-    pool: asyncpg.Pool, service_settings: settings.Settings, database_url: str
-) -> AsyncIterator[Dispatcher]:
+async def dispatcher(pool: asyncpg.Pool, service_settings: settings.Settings) -> AsyncIterator[Dispatcher]:
     # One statement at a time, so the requests that come during it queue behind it.
     one_at_a_time = msgspec.structs.replace(service_settings, dispatch_concurrency=1)
-    dispatcher = Dispatcher(pool, one_at_a_time, database_url)
-    await dispatcher.start()
+    dispatcher = Dispatcher(pool, one_at_a_time)
     try:
         yield dispatcher
     finally:

@@ -6,7 +6,7 @@ partial index whose predicate a point lookup implies) shows up as a scan of a wh
 import json
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -145,10 +145,13 @@ async def test_calls_on_one_task_find_it_by_id_on_stale_statistics(
         assert "id = " in node.get("Index Cond", ""), json.dumps(plan, indent=1)
 
 
-async def test_the_reaper_reads_the_lease_index(morning_burst: asyncpg.Pool) -> None:
+@pytest.mark.parametrize("grace", [False, True], ids=["plain", "during-grace"])
+async def test_lease_rescue_reads_the_lease_index(morning_burst: asyncpg.Pool, grace: bool) -> None:
     await morning_burst.execute("ANALYZE tasks")
+    now = datetime.now(UTC)
+    spared = (now - timedelta(minutes=5), now) if grace else (None, None)
     explained = await morning_burst.fetchval(
-        f"EXPLAIN (FORMAT JSON) {sql.text('task_rescue_expired')}", 5, 100
+        f"EXPLAIN (FORMAT JSON) {sql.text('task_rescue_expired')}", 5, 100, None, *spared
     )
     plan = json.loads(explained)[0]["Plan"]
     names = {node.get("Index Name") for node in nodes(plan) if node.get("Relation Name") == "tasks"}

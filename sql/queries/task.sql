@@ -241,17 +241,18 @@ SELECT * FROM tasks WHERE suggestion_id = ANY($1::bigint[]);
 
 -- name: task_notify_due :one
 -- Wake long-polling workers when delayed or backed-off tasks became due since $1 (no trigger fires for the
--- mere passing of time). Returns the database's clock, the lower bound of the next call. It looks a minute
--- further back: a task that fell due before its transaction committed was invisible to the check that
--- covered its due time, and would otherwise never be announced. A repeat costs one NOTIFY per call, and only
--- while a due task stays ready, i.e. while nobody is waiting for one.
-SELECT now() AS checked_at,
+-- mere passing of time), by $2 (the database's clock when null; tests set it). Returns that clock, the lower
+-- bound of the next call. It looks a minute further back: a task that fell due before its transaction
+-- committed was invisible to the check that covered its due time, and would otherwise never be announced. A
+-- repeat costs one NOTIFY per call, and only while a due task stays ready, i.e. while nobody is waiting for
+-- one.
+SELECT coalesce($2::timestamptz, now()) AS checked_at,
        (SELECT count(*) FROM (
             SELECT pg_notify('baywheels_task_ready', '')
             FROM tasks
             WHERE status = 'ready'
               AND available_at > $1::timestamptz - interval '1 minute'
-              AND available_at <= now()
+              AND available_at <= coalesce($2::timestamptz, now())
             LIMIT 1
        ) due) AS due;
 
@@ -279,10 +280,6 @@ SELECT true AS changed, * FROM picked
 UNION ALL
 SELECT false, * FROM unchanged;
 
--- name: task_reaper_try_lock :one
--- Session-level: the one instance whose reaper connection holds it rescues expired leases.
-SELECT pg_try_advisory_lock(hashtext('baywheels.reaper')) AS locked;
-
 -- name: task_release :one
 -- The holder hands the task back with reason $4: ready again at once ($5), no attempt counted.
 WITH released AS (
@@ -308,12 +305,16 @@ UNION ALL
 SELECT false, * FROM unchanged;
 
 -- name: task_rescue_expired :many
--- Take back tasks whose lease ran out (up to $2 per call), counting an attempt: 'stalled' when the bikes
--- were picked up (an operator must look), 'failed' at max attempts ($1), else 'ready' for another worker.
+-- Take back tasks whose lease ran out by $3 (the database's clock when null; tests set it), up to $2 per
+-- call, counting an attempt: 'stalled' when the bikes were picked up (an operator must look), 'failed' at
+-- max attempts ($1), else 'ready' for another worker. Leases that ran out in ($4, $5] are spared: during the
+-- grace after an outage, the maintenance loop passes the outage there, so a holder's retried complete lands.
 WITH expired AS (
     SELECT id
     FROM tasks
-    WHERE status = 'assigned' AND lease_expires_at <= now()
+    WHERE status = 'assigned'
+      AND lease_expires_at <= coalesce($3::timestamptz, now())
+      AND ($4::timestamptz IS NULL OR lease_expires_at <= $4::timestamptz OR lease_expires_at > $5::timestamptz)
     ORDER BY lease_expires_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -334,7 +335,7 @@ rescued AS (
         lease_id = NULL,
         lease_expires_at = NULL,
         dispatch_key = NULL,
-        available_at = now()
+        available_at = coalesce($3::timestamptz, now())
     FROM expired e
     WHERE t.id = e.id
     RETURNING t.*

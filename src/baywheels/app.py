@@ -16,8 +16,9 @@ from . import settings as config
 from .dispatcher import Dispatcher
 from .errors import EXCEPTION_HANDLERS
 from .handlers import ENDPOINTS
+from .listener import Listener
+from .maintenance import Maintenance, default_jobs
 from .middleware import RequestContext
-from .reaper import Reaper
 from .settings import Settings
 from .state import STATE_KEY, AppState
 
@@ -25,22 +26,23 @@ log = structlog.get_logger(__name__)
 
 
 def create_app(settings: Settings) -> Starlette:
-    if settings.database_url is None:
-        raise ValueError("create_app needs settings.database_url (the CLI fills it for the embedded server)")
-    dsn = settings.database_url
+    db.dsn(settings)  # fails here, not at start-up, when there is none
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, AppState]]:
-        pool = await db.create_pool(settings, dsn)
+        pool = await db.create_pool(settings)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
-        dispatcher = Dispatcher(pool, settings, dsn)
-        await dispatcher.start()
-        reaper = asyncio.create_task(Reaper(settings, dsn).run())
+        dispatcher = Dispatcher(pool, settings)
+        listener = Listener(settings)
+        listener.subscribe(dispatcher)
+        await listener.start()
+        maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
         try:
             yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher)}
         finally:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
+            maintenance.cancel()
+            await asyncio.gather(maintenance, return_exceptions=True)
+            await listener.stop()
             await dispatcher.stop()
             await pool.close()
             log.info("pool_closed")

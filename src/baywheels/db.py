@@ -1,10 +1,10 @@
 """The connection pool and the migration runner."""
 
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import structlog
-from asyncpg.pool import PoolAcquireContext
+from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
 
 from . import queries, sql
 from .settings import Settings
@@ -15,9 +15,93 @@ log = structlog.get_logger(__name__)
 SERVER_SETTINGS = {"application_name": "baywheels", "jit": "off"}
 
 
+# asyncpg checks its protocol's state before it writes a statement, and refuses with one of these when the
+# connection cannot take one: the statement never left this process.
+_REFUSED_UNSENT = ("cannot switch to state", "cannot perform operation")
+
+
+def dsn(settings: Settings) -> str:
+    """The DSN everything connects to; the CLI fills it in for the embedded server before the app exists."""
+    if settings.database_url is None:
+        raise ValueError("settings.database_url is unset (the CLI fills it for the embedded server)")
+    return settings.database_url
+
+
+class DatabaseUnreachable(asyncpg.ClientCannotConnectError):
+    """No connection could be opened: refused, unreachable, or the host's name did not resolve. The OS says so
+    with many OSError kinds (ConnectionRefusedError, socket.gaierror, a plain OSError for EHOSTUNREACH or for
+    asyncio's "Multiple exceptions" when every address of a name fails); any OSError while connecting means
+    this, and only then, so errors.py can answer 503 for it without answering 503 for every OSError."""
+
+
+async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    """asyncpg.connect, with connection failures named as such; the pool, the listener and the maintenance
+    loop all connect through it."""
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:
+        raise DatabaseUnreachable(f"cannot connect to the database: {exc}") from exc
+
+
+class ConnectionLost(asyncpg.ConnectionDoesNotExistError):
+    """The server closed a pool connection while it was in use. asyncpg raises whatever the next call on it
+    meets (``InternalClientError: cannot switch to state 12``, ``InterfaceError: cannot call
+    Transaction.__aexit__(): the underlying connection is closed``); this names it as the connection loss it
+    is, a 503. Subclasses asyncpg's own connection-loss error, so errors.py needs no entry of its own."""
+
+
+class StatementNotSent(ConnectionLost):
+    """ConnectionLost before the statement was written: safe to run again on another connection."""
+
+
+def _lost(conn: PoolConnectionProxy | None) -> bool:
+    """Whether the server closed this connection; asyncpg detaches the proxy of a connection it cleaned up."""
+    if conn is None:
+        return False
+    # is_closed() on a detached proxy raises instead of answering: look at the connection behind it.
+    raw: asyncpg.Connection | None = cast(Any, conn)._con
+    return raw is None or raw.is_closed()
+
+
+# What asyncpg raises from a call on a connection that the server closed under it.
+_ON_LOST_CONNECTION = (asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+class _Acquire(PoolAcquireContext):
+    """asyncpg's acquire context, naming an error on a connection the server closed for what it is."""
+
+    __slots__ = ()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        exc = exc_info[1] if exc_info else None
+        lost = isinstance(exc, _ON_LOST_CONNECTION) and _lost(self.connection)
+        # asyncpg's own __aexit__, inlined: a release costs what it did, bar the isinstance above.
+        self.done = True
+        conn, self.connection = self.connection, None
+        assert conn is not None
+        await self.pool.release(conn)
+        if lost and isinstance(exc, Exception):
+            kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
+            raise kind(str(exc)) from exc
+
+
 class Pool(asyncpg.Pool):
-    """asyncpg's pool, but every acquire, also the one inside ``pool.fetch()`` and the like, gives up after
-    POOL_ACQUIRE_TIMEOUT with a TimeoutError (a 503) instead of waiting as long as the pool stays busy."""
+    """asyncpg's pool with two changes. Every acquire, also the one inside ``pool.fetch()`` and the like,
+    gives up after POOL_ACQUIRE_TIMEOUT with a TimeoutError (a 503) instead of waiting as long as the pool
+    stays busy. And a connection the server has just terminated is not handed out as if it were healthy:
+
+    When PostgreSQL shuts down (a restart, ``pg_terminate_backend``, ``idle_session_timeout``) it sends each
+    session a FATAL error, then closes the socket. On an idle connection, in the pool or between two
+    statements, asyncpg reads that error as a protocol error and waits for a ReadyForQuery that never comes;
+    until it has read the end of the stream, a loop iteration or more later, the connection looks open.
+    asyncpg's own reset query on release would catch some of these (it fails, so the connection is dropped),
+    but we release without it (``_keep_session``) and an idle one in the pool is handed out regardless. The
+    next statement on it is refused locally (``cannot switch to state 12; another operation (2) is in
+    progress``), before anything is written, and asyncpg aborts the connection. The pool's one-statement
+    shortcuts below then run the statement once more on another connection; in a transaction of the caller's
+    the refusal surfaces as ConnectionLost, a 503, since only the caller can start it again.
+
+    The shortcuts are asyncpg's own (acquire, one call, release) plus that retry: no extra work per call."""
 
     __slots__ = ("_acquire_timeout",)
 
@@ -26,21 +110,54 @@ class Pool(asyncpg.Pool):
         self._acquire_timeout = acquire_timeout
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
-        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+        return _Acquire(self, self._acquire_timeout if timeout is None else timeout)
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
+        try:
+            async with self.acquire() as conn:
+                return await conn.execute(query, *args, **kwargs)
+        except StatementNotSent:
+            async with self.acquire() as conn:
+                return await conn.execute(query, *args, **kwargs)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with self.acquire() as conn:
+                return await conn.fetch(query, *args, **kwargs)
+        except StatementNotSent:
+            async with self.acquire() as conn:
+                return await conn.fetch(query, *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with self.acquire() as conn:
+                return await conn.fetchrow(query, *args, **kwargs)
+        except StatementNotSent:
+            async with self.acquire() as conn:
+                return await conn.fetchrow(query, *args, **kwargs)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with self.acquire() as conn:
+                return await conn.fetchval(query, *args, **kwargs)
+        except StatementNotSent:
+            async with self.acquire() as conn:
+                return await conn.fetchval(query, *args, **kwargs)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
     """Release a connection without asyncpg's reset query (``RESET ALL; UNLISTEN *; ...``), a second round
     trip for every statement. Pool connections never change session state: LISTEN and session advisory locks
-    live on their own connections (dispatcher, reaper, migrate). asyncpg still rolls back an open
-    transaction before calling this."""
+    live on their own connections (listener, maintenance, migrate). asyncpg still rolls back an open
+    transaction before calling this. Without the query, a connection the server has just terminated can go
+    back to the pool looking open: Pool above deals with that."""
 
 
-async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
+async def create_pool(settings: Settings) -> asyncpg.Pool:
     """Connections are opened lazily past POOL_MIN_SIZE and re-opened after the database restarts."""
     # What asyncpg.create_pool does, with our class; the defaults it would pass are spelled out.
     pool = Pool(
-        dsn,
+        dsn(settings),
         acquire_timeout=settings.pool_acquire_timeout,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
@@ -52,6 +169,7 @@ async def create_pool(settings: Settings, dsn: str) -> asyncpg.Pool:
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,
         server_settings=SERVER_SETTINGS,
+        connect=connect,
         reset=_keep_session,
     )
     await pool
@@ -63,7 +181,7 @@ async def migrate(dsn: str) -> list[int]:
 
     An advisory lock makes instances that start together take turns; the second then finds nothing to do.
     """
-    conn = await asyncpg.connect(dsn, server_settings=SERVER_SETTINGS)
+    conn = await connect(dsn, server_settings=SERVER_SETTINGS)
     try:
         await queries.migration_lock(conn)
         try:

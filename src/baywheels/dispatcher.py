@@ -1,13 +1,13 @@
 """Dispatch inside one process: concurrent requests coalesced into few statements, and long-polling waiters
-woken by PostgreSQL LISTEN/NOTIFY.
+woken by PostgreSQL LISTEN/NOTIFY (through the process's one listener, listener.py, which it subscribes to).
 
 Every ``POST /dispatch/next`` becomes a ``Waiter`` in a FIFO queue. Up to DISPATCH_CONCURRENCY statements run
 at once; when all are busy, the waiters that queue up behind them go together in ONE ``task_dispatch_many``
 statement, which pairs n locked tasks with n workers in arrival order and commits once for all of them. A
 lone waiter takes the single-row ``task_dispatch`` path. A waiter with ``wait_seconds`` that finds nothing
-sleeps (no query) until a notification on CHANNEL says a task became ready, from this instance or any other;
-then the oldest sleepers are tried first, one batch at a time, and only while batches keep filling up, so one
-new task costs one statement, not one per sleeper.
+sleeps (no query) until a notification says a task became ready, from this instance or any other; then the
+oldest sleepers are tried first, one batch at a time, and only while batches keep filling up, so one new
+task costs one statement, not one per sleeper.
 """
 
 import asyncio
@@ -20,16 +20,13 @@ from typing import Any
 
 import asyncpg
 import structlog
-from asyncpg.pool import PoolConnectionProxy
 
-from . import db, queries
+from . import queries
 from .metrics import WAITERS
 from .models import Task
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
-
-CHANNEL = "baywheels_task_ready"
 
 
 @dataclass(eq=False)
@@ -44,9 +41,10 @@ class Waiter:
 
 
 class Dispatcher:
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, dsn: str) -> None:
+    """Subscribes to the listener (``notified``, ``reconnected``); owns no connection of its own."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: Settings) -> None:
         self._pool = pool
-        self._dsn = dsn
         self._settings = settings
         self._queue: deque[Waiter] = deque()  # to try in the next statement, oldest first
         self._sleeping: list[Waiter] = []  # found nothing; waiting for a notification
@@ -54,13 +52,9 @@ class Dispatcher:
         self._notifications = 0
         self._seq = itertools.count()
         self._background: set[asyncio.Task[None]] = set()
-        self._listener: asyncpg.Connection | None = None
         self._closing = False
 
     # Lifecycle
-
-    async def start(self) -> None:
-        await self._listen()
 
     async def stop(self) -> None:
         self._closing = True
@@ -70,40 +64,9 @@ class Dispatcher:
         self._queue.clear()
         self._sleeping.clear()
         self._sleepers_changed()
-        if self._listener is not None:
-            await self._listener.close()
         # Statements in flight finish, so a task they assign is not left without its answer being logged.
         if self._background:
             await asyncio.wait(list(self._background), timeout=self._settings.db_command_timeout)
-
-    async def _listen(self) -> None:
-        conn = await asyncpg.connect(
-            self._dsn, timeout=self._settings.db_connect_timeout, server_settings=db.SERVER_SETTINGS
-        )
-        await conn.add_listener(CHANNEL, self._on_notify)
-        conn.add_termination_listener(self._on_listener_lost)
-        self._listener = conn
-
-    def _on_listener_lost(self, conn: asyncpg.Connection | PoolConnectionProxy) -> None:
-        if not self._closing:
-            log.warning("listener_lost")
-            self._spawn(self._reconnect())
-
-    async def _reconnect(self) -> None:
-        delay = 0.1
-        while not self._closing:
-            try:
-                await self._listen()
-            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-                log.warning("listener_reconnect_failed", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                log.info("listener_reconnected")
-                # Notifications sent while we were away are lost: let every sleeper look once.
-                self._notifications += 1
-                self._wake(len(self._sleeping))
-                return
 
     # Requests
 
@@ -147,9 +110,17 @@ class Dispatcher:
         # A gauge set rather than read on demand: with several worker processes each writes its own value.
         WAITERS.set(len(self._sleeping))
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+    # The listener's subscriber
+
+    def notified(self, payload: str) -> None:
+        """A task became ready somewhere: the oldest sleepers look, one batch at a time."""
         self._notifications += 1
         self._wake(self._settings.dispatch_batch_max)
+
+    def reconnected(self) -> None:
+        """Notifications sent while the listener was away are lost: every sleeper looks once."""
+        self._notifications += 1
+        self._wake(len(self._sleeping))
 
     def _wake(self, count: int) -> None:
         """Move the ``count`` oldest sleepers to the front of the queue, in arrival order."""
@@ -244,7 +215,7 @@ class Dispatcher:
                 self._pool, task.id, task.worker_id, task.lease_id, "client disconnected"
             )
         except Exception:
-            # The lease still runs out, and the reaper hands the task out again.
+            # The lease still runs out, and the maintenance loop hands the task out again.
             log.exception("task_give_back_failed", task_id=task.id, worker_id=task.worker_id)
         else:
             log.info("task_given_back", task_id=task.id, worker_id=task.worker_id)

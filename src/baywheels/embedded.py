@@ -33,13 +33,15 @@ class EmbeddedPostgres:
             conf = "".join(f"{key} = '{value}'\n" for key, value in SERVER_CONF.items())
             with (self.pgdata / "postgresql.auto.conf").open("a") as file:
                 file.write(conf)
-            self._restart()
+            self.restart()
         log.info("embedded_postgres_started", pgdata=str(self.pgdata))
 
-    def _restart(self) -> None:
-        # max_connections and shared_buffers only take effect at start-up.
+    def restart(self) -> None:
+        """Stop (fast: sessions are terminated, as a service manager's restart does) and start again; the
+        port stays the same. max_connections and shared_buffers only take effect at start-up."""
         log = str(self.pgdata / "log")
-        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-l", log, "-w", "restart"]
+        command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-l", log, "-m", "fast", "-w"]
+        command.append("restart")
         # No pipes: the server inherits pg_ctl's stdout, so reading a pipe would wait for the server to exit.
         subprocess.run(
             command,

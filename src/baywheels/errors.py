@@ -56,16 +56,25 @@ _CONSTRAINT_DETAILS = {
     "suggestions_pair_key": "A suggestion for this station pair already exists",
 }
 
-# Raised when PostgreSQL is down, restarting, refusing connections, or the pool has no free connection.
+# Database and connection errors, and only those, are a 503: the request may succeed when retried.
+# - asyncpg.PostgresConnectionError, SQLSTATE class 08: among them db.DatabaseUnreachable (any OSError while
+#   connecting: refused, unreachable, a name that does not resolve, a connect timeout), asyncpg's
+#   ConnectionDoesNotExistError (the connection closed under a statement) and db.ConnectionLost (an error
+#   on a connection the server had closed, e.g. during its restart).
+# - CannotConnectNowError (57P03: starting up, shutting down), AdminShutdownError (57P01: terminated by a
+#   shutdown or pg_terminate_backend), CrashShutdownError (57P02), TooManyConnectionsError (53300).
+# - TimeoutError: no pool connection free within POOL_ACQUIRE_TIMEOUT, or a statement past
+#   DB_COMMAND_TIMEOUT (a database too slow to answer).
+# - ConnectionError: a socket refused or reset outside a connect (asyncpg's cancel requests).
+# Not OSError as a whole: a FileNotFoundError or PermissionError is a fault of ours, a 500.
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
     asyncpg.PostgresConnectionError,
-    asyncpg.ConnectionDoesNotExistError,
     asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    TimeoutError,
+    ConnectionError,
 )
 
 

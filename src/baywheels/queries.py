@@ -59,6 +59,16 @@ async def health_ping(conn: Conn) -> None:
     await conn.fetchval(_HEALTH_PING)
 
 
+# maintenance.sql
+
+
+async def maintenance_try_lock(conn: Conn) -> tuple[bool, datetime]:
+    """Whether this connection holds the maintenance lock (now or already), and the database's clock."""
+    row = await conn.fetchrow(_MAINTENANCE_TRY_LOCK)
+    assert row is not None
+    return bool(row["locked"]), row["checked_at"]
+
+
 # migration.sql
 
 
@@ -191,9 +201,10 @@ async def task_list_by_suggestions(conn: Conn, suggestion_ids: Sequence[int]) ->
     return _tasks(await conn.fetch(_TASK_LIST_BY_SUGGESTIONS, suggestion_ids))
 
 
-async def task_notify_due(conn: Conn, since: datetime) -> datetime:
-    """Notify waiters if tasks became due after ``since``; returns the database clock for the next call."""
-    row = await conn.fetchrow(_TASK_NOTIFY_DUE, since)
+async def task_notify_due(conn: Conn, since: datetime, now: datetime | None = None) -> datetime:
+    """Notify waiters if tasks became due after ``since``; returns the clock (``now`` when given, else the
+    database's) for the next call."""
+    row = await conn.fetchrow(_TASK_NOTIFY_DUE, since, now)
     assert row is not None
     checked_at: datetime = row["checked_at"]
     return checked_at
@@ -203,10 +214,6 @@ async def task_pickup(
     conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, now: datetime | None = None
 ) -> TaskChange | None:
     return _change(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id, now))
-
-
-async def task_reaper_try_lock(conn: Conn) -> bool:
-    return bool(await conn.fetchval(_TASK_REAPER_TRY_LOCK))
 
 
 async def task_release(
@@ -220,8 +227,18 @@ async def task_release(
     return _change(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason, now))
 
 
-async def task_rescue_expired(conn: Conn, max_attempts: int, limit: int) -> list[Task]:
-    return _tasks(await conn.fetch(_TASK_RESCUE_EXPIRED, max_attempts, limit))
+async def task_rescue_expired(
+    conn: Conn,
+    max_attempts: int,
+    limit: int,
+    now: datetime | None = None,
+    spared: tuple[datetime, datetime] | None = None,
+) -> list[Task]:
+    """Rescue leases that ran out by ``now`` (the database's clock when None), except those that ran out
+    within ``spared`` (after, up to and including)."""
+    spared_after, spared_until = spared or (None, None)
+    rows = await conn.fetch(_TASK_RESCUE_EXPIRED, max_attempts, limit, now, spared_after, spared_until)
+    return _tasks(rows)
 
 
 async def task_retry(
@@ -232,6 +249,7 @@ async def task_retry(
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
 _HEALTH_PING = _query_text("health_ping", "one")
+_MAINTENANCE_TRY_LOCK = _query_text("maintenance_try_lock", "one")
 _MIGRATION_APPLIED = _query_text("migration_applied", "many")
 _MIGRATION_LOCK = _query_text("migration_lock", "exec")
 _MIGRATION_RECORD = _query_text("migration_record", "exec")
@@ -254,7 +272,6 @@ _TASK_LIST = _query_text("task_list", "many")
 _TASK_LIST_BY_SUGGESTIONS = _query_text("task_list_by_suggestions", "many")
 _TASK_NOTIFY_DUE = _query_text("task_notify_due", "one")
 _TASK_PICKUP = _query_text("task_pickup", "one")
-_TASK_REAPER_TRY_LOCK = _query_text("task_reaper_try_lock", "one")
 _TASK_RELEASE = _query_text("task_release", "one")
 _TASK_RESCUE_EXPIRED = _query_text("task_rescue_expired", "many")
 _TASK_RETRY = _query_text("task_retry", "one")

@@ -58,14 +58,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     task_retry_backoff_seconds: Annotated[float, Meta(ge=0, le=3600)] = 30.0
     # Attempts (failures and expired leases) before a task is dead-lettered as 'failed'.
     task_max_attempts: Annotated[int, Meta(ge=1, le=1000)] = 5
-    # How often the reaper (one instance at a time) rescues expired leases and wakes waiters for due tasks.
+    # How often the maintenance loop (one instance at a time) rescues expired leases and wakes waiters for
+    # due tasks. The name is the reaper's, which that loop replaced.
     reaper_interval_seconds: Annotated[float, Meta(ge=0.01, le=60)] = 1.0
+    # After an outage, leases that ran out during it are rescued only after a grace as long as the outage,
+    # at most this long, so holders' retried completes land. 0: rescued at once.
+    lease_grace_max_seconds: Annotated[float, Meta(ge=0, le=86400)] = 300.0
     # Dispatch statements in flight at once per process; requests beyond them are coalesced into one
     # statement of up to DISPATCH_BATCH_MAX workers.
     dispatch_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
     dispatch_batch_max: Annotated[int, Meta(ge=1, le=1000)] = 128
     # uvicorn worker processes of `serve`. Each has its own pool (POOL_MAX_SIZE), dispatcher and LISTEN
-    # connection, and a reaper (only one leads); /metrics adds up all of them.
+    # connection, and a maintenance loop (only one leads); /metrics adds up all of them.
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
 
     def __post_init__(self) -> None:
