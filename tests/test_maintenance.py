@@ -49,7 +49,9 @@ def expiry(task: Task) -> datetime:
 
 async def test_rescue_runs_on_the_clock_it_is_given(pool: asyncpg.Pool) -> None:
     early, late = await assigned(pool, 2, lease_seconds=60)
-    late = await queries.task_heartbeat(pool, late.id, late.worker_id or "", None, 600) or late
+    extended = await queries.task_heartbeat(pool, late.id, late.worker_id or "", None, 600)
+    assert extended is not None and extended.changed
+    late = extended.task
     assert await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000) == []
 
     # Two minutes on: the 60 s lease has run out, the 600 s one has not; the task is ready from that time.
