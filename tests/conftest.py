@@ -24,6 +24,12 @@ from baywheels.app import create_app
 from helpers import in_process
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith("test_live_"):
+            item.add_marker(pytest.mark.live)
+
+
 def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path=f"/{name}"))

@@ -2,7 +2,7 @@
 and tasks over the API (so the tests arrange state the way a user would)."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -51,7 +51,7 @@ Json = dict[str, Any]
 
 
 def item(
-    from_station_id: int, to_station_id: int, qty: int = 3, reason: str = "rebalance", **extra: Any
+    from_station_id: Any, to_station_id: Any, qty: Any = 3, reason: str = "rebalance", **extra: Any
 ) -> Json:
     """One suggestion as the ML engine posts it."""
     return {
@@ -176,3 +176,11 @@ async def serving(settings: Settings, database_url: str) -> AsyncIterator[tuple[
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
             yield client, state[STATE_KEY]
+
+
+async def until(condition: Callable[[], Awaitable[bool]], within: float = 15) -> None:
+    """Until ``condition`` holds: it reads state that another task, process or PostgreSQL changes, so it is
+    polled, with a deadline that fails the test."""
+    async with asyncio.timeout(within):
+        while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
+            await asyncio.sleep(0.005)

@@ -1,5 +1,5 @@
-"""Schemathesis hooks for tests/test_schemathesis.py (loaded through SCHEMATHESIS_HOOKS): what JSON Schema
-cannot say, and what would only make the run slow."""
+"""Schemathesis hooks for tests/test_live_schemathesis.py (loaded through SCHEMATHESIS_HOOKS): what JSON
+Schema cannot say, and what would only make the run slow."""
 
 from typing import Any
 
@@ -28,7 +28,7 @@ def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
 def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     """A valid `wait_seconds` (0 to 30) is cut to a hundredth of a second: every long poll would otherwise
     wait out its time on an empty queue. Invalid values stay, to be refused."""
-    wait = body.get("wait_seconds") if isinstance(body, dict) else None
+    wait: Any = body.get("wait_seconds") if isinstance(body, dict) else None
     if _is_number(wait) and 0 < wait <= 30:
         return {**body, "wait_seconds": 0.01}
     return body

@@ -49,9 +49,8 @@ async def test_approve_turns_a_suggestion_into_a_ready_task(
     assert datetime.fromisoformat(task["created_at"]).tzinfo is not None
     assert [s["id"] for s in json_of(await client.get("/suggestions"), 200)] == [kept]
     assert await get_task(client, task["id"]) == task
-    assert await pool.fetch("SELECT event, worker_id FROM task_events WHERE task_id = $1", task["id"]) == [
-        ("approved", None)
-    ]
+    events = await pool.fetch("SELECT event, worker_id FROM task_events WHERE task_id = $1", task["id"])
+    assert [tuple(event) for event in events] == [("approved", None)]
 
 
 async def test_approve_unknown_suggestion_is_404(client: httpx.AsyncClient) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -30,10 +31,10 @@ def fatal_shutdown() -> bytes:
     return b"E" + struct.pack("!i", len(body) + 4) + body
 
 
-def receive_fatal_while_idle(conn: object) -> None:
+def receive_fatal_while_idle(conn: Any) -> None:
     """As the shutdown's FATAL arrives, before the end of the stream does (the next loop iteration or later):
     the only moment asyncpg cannot tell the connection is gone."""
-    raw = conn._con if hasattr(conn, "_con") else conn  # type: ignore[attr-defined]
+    raw = conn._con if hasattr(conn, "_con") else conn
     raw._protocol.data_received(fatal_shutdown())
 
 

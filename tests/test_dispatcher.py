@@ -51,5 +51,5 @@ async def test_requests_queued_behind_a_failed_statement_are_still_served(
         await first
     async with asyncio.timeout(10):
         served = await asyncio.gather(*queued)
-    assert sorted(task.worker_id for task in served if task is not None) == ["queued-0", "queued-1"]
+    assert sorted(str(task.worker_id) for task in served if task is not None) == ["queued-0", "queued-1"]
     assert len({task.id for task in served if task is not None}) == 2

@@ -10,7 +10,6 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,17 +19,9 @@ import httpx
 import msgspec
 
 from conftest import LiveServer
-from helpers import json_of
+from helpers import json_of, until
 
 REAPER_LOCK = "hashtext('baywheels.reaper')"
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    """Until ``condition`` holds: it reads state another process (or PostgreSQL) changes, so it is polled,
-    with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
-            await asyncio.sleep(0.005)
 
 
 def dbname(database_url: str) -> str:

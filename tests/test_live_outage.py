@@ -3,25 +3,18 @@ stays alive, and serves again by itself when the database is back. A pool with n
 answered the same way after POOL_ACQUIRE_TIMEOUT, rather than keeping the request waiting."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import httpx
 
 from conftest import LiveServer
+from helpers import until
 from proxy import Proxy
 
 RETRY_AFTER = "7"
 UNAVAILABLE = {"detail": "Database unavailable, retry later"}
 NOT_READY = {"detail": "Database unavailable"}
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 15) -> None:
-    """Polls state another process changes, with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (the change happens in another process)
-            await asyncio.sleep(0.02)
 
 
 def answer(response: httpx.Response) -> tuple[int, str | None, Any]:

@@ -4,27 +4,19 @@ length capped by LEASE_GRACE_MAX_SECONDS, and a real outage behind a TCP proxy, 
 complete lands), and the leader's jobs running on their own intervals."""
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
 import pytest
 
-from baywheels import maintenance, queries, settings
+from baywheels import queries, settings
 from baywheels.maintenance import Job, LeaseRescue, Maintenance, Outage
 from baywheels.models import Task
-from helpers import json_of, make_task, serving
+from helpers import json_of, make_task, serving, until
 from proxy import Proxy
 
 MAX_ATTEMPTS = 5
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 15) -> None:
-    """Polls state that another task or PostgreSQL changes, with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (the change happens elsewhere)
-            await asyncio.sleep(0.01)
 
 
 async def assigned(pool: asyncpg.Pool, n: int, lease_seconds: int = 60) -> list[Task]:
@@ -50,7 +42,8 @@ def expiry(task: Task) -> datetime:
 async def test_rescue_runs_on_the_clock_it_is_given(pool: asyncpg.Pool) -> None:
     early, late = await assigned(pool, 2, lease_seconds=60)
     extended = await queries.task_heartbeat(pool, late.id, late.worker_id or "", None, 600)
-    assert extended is not None and extended.changed
+    assert extended is not None
+    assert extended.changed
     late = extended.task
     assert await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000) == []
 
@@ -94,7 +87,7 @@ async def test_the_grace_lasts_as_long_as_the_outage_capped(
     service_settings: settings.Settings, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("baywheels.maintenance.time.monotonic", lambda: clock[0])
     capped = msgspec.structs.replace(service_settings, lease_grace_max_seconds=60)
     began = datetime(2030, 1, 1, tzinfo=UTC)
     short, long = LeaseRescue(capped), LeaseRescue(capped)
@@ -104,8 +97,9 @@ async def test_the_grace_lasts_as_long_as_the_outage_capped(
     assert (long._spared, long._spared_until) == ((began, began + timedelta(hours=1)), 1060.0)
 
     clock[0] = 1005.0
-    await short.run(pool)
-    await long.run(pool)
+    async with pool.acquire() as conn:
+        await short.run(conn)
+        await long.run(conn)
     assert (short._spared, long._spared is not None) == (None, True)
 
     none = LeaseRescue(msgspec.structs.replace(service_settings, lease_grace_max_seconds=0))
@@ -155,7 +149,8 @@ async def test_a_lease_that_ran_out_during_an_outage_can_still_be_completed_afte
             assert other["id"] == second["id"]
 
             async def other_rescued() -> bool:
-                return await pool.fetchval("SELECT status FROM tasks WHERE id = $1", other["id"]) == "ready"
+                status = await pool.fetchval("SELECT status FROM tasks WHERE id = $1", other["id"])
+                return bool(status == "ready")
 
             await until(other_rescued)
             response = await client.post(f"/task/{held['id']}/complete", json=complete)
@@ -170,7 +165,7 @@ class Counting(Job):
         self.runs = 0
         self.started, self.done = asyncio.Event(), asyncio.Event()
 
-    async def run(self, conn: asyncpg.Connection) -> bool:
+    async def run(self, conn: queries.Conn) -> bool:
         self.runs += 1
         self.started.set()
         if self.runs >= self.enough:

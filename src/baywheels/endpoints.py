@@ -63,6 +63,7 @@ class Endpoint:
         common = {
             400: self.body is not None or self.query is not None,
             404: bool(self.path_params),
+            408: self.body is not None,
             413: self.body is not None,
             503: self.database,
         }

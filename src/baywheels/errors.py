@@ -17,6 +17,11 @@ from .state import app_state
 log = structlog.get_logger(__name__)
 
 
+# A request whose client went away before its answer (nginx's "client closed request"): logged and counted
+# with it, received by nobody.
+CLIENT_CLOSED = 499
+
+
 class ServiceError(Exception):
     status_code = 500
 

@@ -46,7 +46,7 @@ class Job:
     name: str
     interval: float
 
-    async def run(self, conn: asyncpg.Connection) -> bool:
+    async def run(self, conn: queries.Conn) -> bool:
         """One pass; True when work was left over, to run again at once rather than after the interval."""
         raise NotImplementedError
 
@@ -80,7 +80,7 @@ class LeaseRescue(Job):
             grace_seconds=round(grace, 3),
         )
 
-    async def run(self, conn: asyncpg.Connection) -> bool:
+    async def run(self, conn: queries.Conn) -> bool:
         if self._spared is not None and time.monotonic() >= self._spared_until:
             self._spared = None
             log.info("lease_grace_over")
@@ -102,7 +102,7 @@ class DueAnnouncer(Job):
         # The first pass wakes waiters for anything already due.
         self._since = datetime(2000, 1, 1, tzinfo=UTC)
 
-    async def run(self, conn: asyncpg.Connection) -> bool:
+    async def run(self, conn: queries.Conn) -> bool:
         self._since = await queries.task_notify_due(conn, self._since)
         return False
 

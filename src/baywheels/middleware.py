@@ -15,12 +15,9 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .errors import PayloadTooLarge, RequestTimeout, error_response
+from .errors import CLIENT_CLOSED, PayloadTooLarge, RequestTimeout, error_response
 
 log = structlog.get_logger("baywheels.access")
-
-# A request whose client went away before its answer (nginx's "client closed request"); nobody receives it.
-CLIENT_CLOSED = 499
 
 # A client's own id is echoed only when it is short and harmless to put in logs and headers.
 _SANE_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")

@@ -17,6 +17,7 @@ from .models import Error
 _STATUS_TEXT = {
     400: "Invalid request: the detail names the field",
     404: "Not found",
+    408: "The body did not arrive within REQUEST_BODY_TIMEOUT",
     409: "Conflicts with the task's current state",
     413: "Request body too large",
     503: "Database unavailable; retry after Retry-After seconds",

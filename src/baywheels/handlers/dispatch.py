@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..endpoints import Endpoints
-from ..errors import BadRequest, NotFound
+from ..errors import CLIENT_CLOSED, BadRequest, NotFound
 from ..metrics import DISPATCHES
 from ..models import IDEMPOTENCY_KEY, DispatchRequest, Task
 from ..responses import MsgspecResponse
@@ -18,9 +18,6 @@ endpoints = Endpoints("dispatch")
 T = TypeVar("T")
 
 _SANE_KEY = re.compile(IDEMPOTENCY_KEY)
-
-# What a client that went away gets logged with (nginx's "client closed request"); nobody receives it.
-CLIENT_CLOSED = 499
 
 
 class ClientGone(Exception):

@@ -7,7 +7,6 @@ deadline, for the reaper's effect to show in the API."""
 
 import asyncio
 import itertools
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +16,7 @@ import msgspec
 import pytest
 
 from baywheels import settings
+from helpers import until
 
 MAX_ATTEMPTS = 3
 
@@ -31,14 +31,6 @@ def service_settings(service_settings: settings.Settings) -> settings.Settings:
         task_retry_backoff_seconds=0,
         task_max_attempts=MAX_ATTEMPTS,
     )
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    """Until ``condition`` holds: it reads state another process (or PostgreSQL) changes, so it is polled,
-    with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
-            await asyncio.sleep(0.005)
 
 
 async def make_tasks(client: httpx.AsyncClient, n: int, **fields: Any) -> list[dict[str, Any]]:

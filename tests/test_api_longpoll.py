@@ -18,7 +18,7 @@ import pytest
 
 from baywheels import settings
 from baywheels.app import create_app
-from helpers import in_process
+from helpers import in_process, until
 
 _pairs = itertools.count(1)
 
@@ -28,14 +28,6 @@ def service_settings(service_settings: settings.Settings) -> settings.Settings:
     return msgspec.structs.replace(
         service_settings, reaper_interval_seconds=0.05, task_retry_backoff_seconds=0
     )
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    """Until ``condition`` holds: it reads state another process (or PostgreSQL) changes, so it is polled,
-    with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
-            await asyncio.sleep(0.005)
 
 
 async def ingest(client: httpx.AsyncClient, n: int, **fields: Any) -> list[int]:

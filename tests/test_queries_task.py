@@ -18,16 +18,9 @@ from asyncpg.pool import PoolConnectionProxy
 
 from baywheels import queries
 from baywheels.models import Task
+from helpers import until
 
 MAX_ATTEMPTS = 5
-
-
-async def until(condition: Callable[[], Awaitable[bool]], within: float = 10) -> None:
-    """Until ``condition`` holds: it reads state another process (or PostgreSQL) changes, so it is polled,
-    with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
-            await asyncio.sleep(0.005)
 
 
 async def make_tasks(pool: asyncpg.Pool, n: int) -> list[Task]:
