@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -86,15 +87,22 @@ def template_db(server_dsn: str) -> Iterator[str]:
     asyncio.run(_admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
-@pytest.fixture
-async def database_url(server_dsn: str, template_db: str) -> AsyncIterator[str]:
-    """A DSN for this test's own migrated database, dropped afterwards."""
+@asynccontextmanager
+async def cloned_database(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A DSN for a new copy of the migrated template, dropped afterwards."""
     name = f"baywheels_test_{uuid.uuid4().hex[:12]}"
     await _admin(server_dsn, f"CREATE DATABASE {name} TEMPLATE {template_db}")
     try:
         yield with_database(server_dsn, name)
     finally:
         await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+async def database_url(server_dsn: str, template_db: str) -> AsyncIterator[str]:
+    """A DSN for this test's own migrated database, dropped afterwards."""
+    async with cloned_database(server_dsn, template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture

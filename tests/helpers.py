@@ -146,17 +146,29 @@ async def wait_for_lock_waiters(pool: asyncpg.Pool, count: int, within: float = 
 
 
 @asynccontextmanager
-async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    """The app with its lifespan running, spoken to over ASGI. httpx's transport runs no lifespan, so each
-    request gets a copy of the lifespan's state here, as uvicorn gives it."""
-    async with app.router.lifespan_context(app) as state:
+async def in_process_with_state(
+    app: Starlette, request_timeout: float = 5.0
+) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
+    """The app with its lifespan running, spoken to over ASGI, and the lifespan's state. httpx's transport
+    runs no lifespan, so each request gets a copy of that state here, as uvicorn gives it."""
+    async with app.router.lifespan_context(app) as lifespan_state:
+        state = dict(lifespan_state or {})
 
         async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            await app({**scope, "state": dict(state or {})}, receive, send)
+            await app({**scope, "state": dict(state)}, receive, send)
 
         transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://testserver", timeout=request_timeout
+        ) as client:
+            yield client, state
+
+
+@asynccontextmanager
+async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """As ``in_process_with_state``, for a test that needs only the client."""
+    async with in_process_with_state(app) as (client, _):
+        yield client
 
 
 @asynccontextmanager
@@ -166,16 +178,8 @@ async def serving(settings: Settings, database_url: str) -> AsyncIterator[tuple[
     fast_failing = msgspec.structs.replace(
         settings, database_url=database_url, db_connect_timeout=1.0, pool_acquire_timeout=1.0
     )
-    app = create_app(fast_failing)
-    async with app.router.lifespan_context(app) as lifespan_state:
-        state = dict(lifespan_state or {})
-
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            await app({**scope, "state": dict(state)}, receive, send)
-
-        transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=60) as client:
-            yield client, state[STATE_KEY]
+    async with in_process_with_state(create_app(fast_failing), request_timeout=60) as (client, state):
+        yield client, state[STATE_KEY]
 
 
 async def until(condition: Callable[[], Awaitable[bool]], within: float = 15) -> None:

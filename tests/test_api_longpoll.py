@@ -6,8 +6,7 @@ import asyncio
 import itertools
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -204,16 +203,10 @@ async def test_waiter_is_woken_when_delayed_work_falls_due(client: httpx.AsyncCl
     print(f"\ndelayed task handed out {(answered - due).total_seconds() * 1000:.0f} ms after its not_before")
 
 
-@asynccontextmanager
-async def serving(config: settings.Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with in_process(create_app(config)) as client:
-        yield client
-
-
 async def test_waiter_is_woken_when_a_retry_backoff_ends(service_settings: settings.Settings) -> None:
     # No trigger fires when a backoff merely runs out: the reaper notices the task fell due and notifies.
     config = msgspec.structs.replace(service_settings, task_retry_backoff_seconds=0.3)
-    async with serving(config) as client:
+    async with in_process(create_app(config)) as client:
         (task,) = await approve(client, await ingest(client, 1))
         held = await client.post("/dispatch/next", json={"worker_id": "holder"})
         failed = await client.post(f"/task/{task['id']}/fail", json={"worker_id": "holder", "error": "e"})

@@ -4,13 +4,10 @@ that slept through it, so a task approved right after the database returns reach
 the 12 s outage run side by side (two apps, two databases, two proxies), so the test takes 12 s, not 17 s."""
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 from baywheels import settings
 from baywheels.state import AppState
-from conftest import _admin, with_database
+from conftest import cloned_database
 from helpers import json_of, serving, suggest
 from proxy import Proxy
 
@@ -50,20 +47,10 @@ async def outage(base: settings.Settings, database_url: str, seconds: float) -> 
         await proxy.stop()
 
 
-@asynccontextmanager
-async def another_database(server_dsn: str, template_db: str) -> AsyncIterator[str]:
-    name = f"baywheels_test_{uuid.uuid4().hex[:12]}"
-    await _admin(server_dsn, f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    try:
-        yield with_database(server_dsn, name)
-    finally:
-        await _admin(server_dsn, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
 async def test_long_pollers_get_a_task_at_once_after_5_s_and_12_s_outages(
     service_settings: settings.Settings, database_url: str, server_dsn: str, template_db: str
 ) -> None:
-    async with another_database(server_dsn, template_db) as second:
+    async with cloned_database(server_dsn, template_db) as second:
         short, long = await asyncio.gather(
             outage(service_settings, database_url, 5), outage(service_settings, second, 12)
         )
