@@ -1,7 +1,7 @@
-"""One pure-ASGI layer around every request: request id, body size and time limits, access log, metrics, and
-the last-resort 500 that names nothing internal."""
+"""One pure-ASGI layer around every request: request id, body size limit, the answer to a body too slow
+(whose deadline the protocol keeps), access log, metrics, and the last-resort 500 that names nothing
+internal."""
 
-import asyncio
 import functools
 import itertools
 import re
@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .errors import CLIENT_CLOSED, PayloadTooLarge, RequestTimeout, error_response
+from .protocol import BODY_TIMED_OUT
 
 log = structlog.get_logger("baywheels.access")
 
@@ -58,8 +59,6 @@ class RequestContext:
             return
 
         started = time.perf_counter()
-        # The app starts once the headers are in (uvicorn), so this bounds the time to receive the body.
-        body_deadline = asyncio.get_running_loop().time() + self.body_timeout
         given = _header(scope, b"x-request-id")
         request_id = given.decode() if given and _SANE_REQUEST_ID.match(given) else _new_request_id()
         structlog.contextvars.clear_contextvars()
@@ -76,29 +75,22 @@ class RequestContext:
             await send(message)
 
         received = 0
-        body_done = False
 
         async def receive_limited() -> Message:
-            nonlocal received, body_done
-            if body_done:
-                # Past the body, a receive waits for the disconnect (a long poll): no deadline.
-                return await receive()
-            try:
-                async with asyncio.timeout_at(body_deadline):
-                    message = await receive()
-            except TimeoutError:
-                log.warning("http_limit_reached", limit="body_timeout", received_bytes=received)
-                metrics.LIMITED.labels("body_timeout").inc()
-                # The rest of the body may still come: the connection cannot carry another request.
-                raise RequestTimeout(
-                    f"Request body not received within {self.body_timeout:g} s",
-                    {"Connection": "close"},
-                ) from None
+            nonlocal received
+            message = await receive()
             if message["type"] == "http.request":
+                if BODY_TIMED_OUT in scope:  # the protocol's deadline for the body (protocol.py)
+                    log.warning("http_limit_reached", limit="body_timeout", received_bytes=received)
+                    metrics.LIMITED.labels("body_timeout").inc()
+                    # The rest of the body may still come: the connection cannot carry another request.
+                    raise RequestTimeout(
+                        f"Request body not received within {self.body_timeout:g} s",
+                        {"Connection": "close"},
+                    )
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise PayloadTooLarge(self._too_large)
-                body_done = not message.get("more_body", False)
             return message
 
         try:

@@ -1,9 +1,9 @@
 """uvicorn's httptools protocol with the limits a server on the internet needs, which uvicorn does not have:
 the size of a request's head (request line and headers) and its number of headers, the time to receive the
-head, the open connections of a process; and the open-files limit raised at start-up.
+head and the body, the open connections of a process; and the open-files limit raised at start-up.
 
-The time to receive a body is bounded by the request middleware, where the answer (408) goes through the
-access log and metrics like any other; this protocol only bounds a body the app never read."""
+A body too slow is answered by the app (the request middleware's 408, logged and counted like any other
+answer): the protocol only marks the request's scope and wakes the app's read."""
 
 import asyncio
 import resource
@@ -11,12 +11,17 @@ from typing import Any, ClassVar
 
 import msgspec
 import structlog
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from . import metrics
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
+
+# The scope key by which the protocol tells the request middleware that a body took too long (the 408 is the
+# app's answer, logged and counted like any other).
+BODY_TIMED_OUT = "baywheels.body_timed_out"
 
 # Open files kept back from the connection cap: the pool's connections, the LISTEN connection, the
 # listening socket, logs and whatever the libraries open.
@@ -82,112 +87,94 @@ def _json_response(status: int, detail: str, headers: tuple[tuple[str, str], ...
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    """One instance per connection. uvicorn calls the parser callbacks (on_*) from data_received."""
+    """One instance per connection. uvicorn calls the parser callbacks (on_*) from data_received.
+
+    The deadlines are armed lazily, only when a read leaves a head or a body unfinished: a request that
+    arrives whole in one read (nearly all of them) costs no timer, and the hot path no more Python calls than
+    it must. So the time of a head is counted from its first unfinished read, and that of a body from the
+    first read that leaves it unfinished (about when the app starts)."""
 
     # Set from the settings by `serve` (and by each worker process) before the first connection.
     limits: ClassVar[Limits] = Limits.of(Settings())
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._reading_head = True  # between the end of one request and the end of the next one's headers
-        self._head_bytes = 0  # bytes received while reading the head (counted per read: one read of slack)
-        self._header_count = 0
-        self._refusal: tuple[str, int, str] | None = None  # (limit, status, detail) for a head over a limit
+        self._head_bytes = 0  # bytes read since the last head ended, outside any body (one read of slack)
         self._head_timer: asyncio.TimerHandle | None = None
-        self._unread_body_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_cycle: RequestResponseCycle | None = None  # the request whose body the timer bounds
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        # A connection that never sends a byte is closed after the head's time too (uvicorn arms nothing).
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._head_timer, self._unread_body_timer):
+        for timer in (self._head_timer, self._body_timer):
             if timer is not None:
                 timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._reading_head:
-            self._head_bytes += len(data)
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:
+            self._head_bytes += len(data)  # not a body's bytes: a head's (on_headers_complete resets)
         super().data_received(data)
         if self.transport.is_closing():
             return  # answered already (uvicorn's 400 for a malformed request)
-        # httptools buffers a header until it is complete, so the raw bytes are counted: a head that never
-        # ends would otherwise grow without bound.
-        if self._refusal is None and self._reading_head and self._head_bytes > self.limits.max_header_bytes:
-            size = self.limits.max_header_bytes
-            self._refusal = ("header_bytes", 431, f"Request headers exceed the limit of {size} bytes")
-        if self._refusal is not None:
-            limit, status, detail = self._refusal
-            _limit_reached(limit)
-            self._answer(status, detail)
-
-    # Parser callbacks
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._header_count = 0
-        self._arm_head_timer()  # a request on a kept-alive connection; the first was armed at connect
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self.limits.max_header_count:
-            self._refusal = ("header_count", 431, f"More than {self.limits.max_header_count} request headers")
-        if self._refusal is None:
-            super().on_header(name, value)
+        cycle = self.cycle
+        if cycle is None or not cycle.more_body:
+            if self._body_timer is not None:
+                self._body_ended()
+            if self._head_bytes:
+                # In the middle of a head. httptools buffers a header until it is complete, so the raw bytes
+                # are counted: a head that never ends would otherwise grow without bound.
+                if self._head_bytes > self.limits.max_header_bytes:
+                    _limit_reached("header_bytes")
+                    self._answer(
+                        431, f"Request headers exceed the limit of {self.limits.max_header_bytes} bytes"
+                    )
+                elif self._head_timer is None:
+                    self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+        elif self._body_cycle is not cycle:
+            # In the middle of a body (read by the app, or by nobody after an early answer).
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+            self._body_cycle = cycle
+            self._body_timer = self.loop.call_later(self.limits.body_timeout, self._body_timed_out)
 
     def on_headers_complete(self) -> None:
-        self._reading_head = False
-        self._head_bytes = 0
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
-        if self._refusal is not None:
-            return  # no app runs; data_received answers once the parser returns
-        if len(self.connections) <= self.limits.max_connections:
+        limits = self.limits
+        # uvicorn's on_header keeps every header; their number is bounded by the bytes of a head.
+        if len(self.headers) > limits.max_header_count:
+            refusal = ("header_count", f"More than {limits.max_header_count} request headers")
+        elif self._head_bytes > limits.max_header_bytes and _head_size(self) > limits.max_header_bytes:
+            # A whole head over the limit in one read (a big read may also hold a body: hence the count).
+            refusal = ("header_bytes", f"Request headers exceed the limit of {limits.max_header_bytes} bytes")
+        elif len(self.connections) > limits.max_connections:
+            refusal = ("connections", "")
+        else:
+            self._head_bytes = 0
             super().on_headers_complete()
             return
-        # uvicorn's limit_concurrency would answer in plain text: run our own answer in the app's place.
-        _limit_reached("connections", open=len(self.connections))
-        self.app = _overloaded
+        self._head_bytes = 0
+        limit, detail = refusal
+        if limit == "connections":
+            # uvicorn's limit_concurrency would answer in plain text: our own answer runs in the app's place.
+            _limit_reached(limit, open=len(self.connections))
+            self.app = _overloaded
+        else:
+            _limit_reached(limit)
+            self.app = _refusing(431, detail)
         try:
             super().on_headers_complete()
         finally:
             self.app = self.config.loaded_app
 
-    def on_body(self, body: bytes) -> None:
-        if self._refusal is None:
-            super().on_body(body)
-
-    def on_message_complete(self) -> None:
-        self._reading_head = True
-        if self._refusal is not None:
-            return
-        if self._unread_body_timer is not None:
-            # The unread body of a request already answered has ended: the connection is idle again, under
-            # uvicorn's keep-alive timeout (which the body's bytes had cancelled).
-            self._unread_body_timer.cancel()
-            self._unread_body_timer = None
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self.timeout_keep_alive_handler
-            )
-            return
-        super().on_message_complete()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        cycle = self.cycle  # the request just answered: a later one cannot be parsed before its body ends
-        if cycle.response_complete and cycle.more_body and not self.transport.is_closing():
-            # Answered before its body was read (413, or a handler that does not read it). Reading the rest
-            # lets the client read the answer (closing now could reset the connection under it), but only for
-            # as long as a body may take.
-            self._unread_body_timer = self.loop.call_later(self.limits.body_timeout, self._unread_body_ended)
-
     # Deadlines
-
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -203,16 +190,57 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         _limit_reached("header_timeout", received_bytes=self._head_bytes)
         self._answer(408, f"Request headers not received within {self.limits.header_timeout:g} s")
 
-    def _unread_body_ended(self) -> None:
-        self._unread_body_timer = None
-        if not self.transport.is_closing():
+    def _body_timed_out(self) -> None:
+        cycle, self._body_timer = self._body_cycle, None
+        if cycle is None or not cycle.more_body or self.transport.is_closing():
+            return
+        if cycle.response_complete:
+            # Answered before its body was read (413, or a handler that does not read it). The rest was read
+            # so that the client could read the answer (closing at once may reset the connection under
+            # it), but only for as long as a body may take.
             _limit_reached("unread_body_timeout")
             self.transport.close()
+            return
+        # The app is (or will be) waiting for the body: the request middleware answers 408 on its next read.
+        cycle.scope[BODY_TIMED_OUT] = True  # type: ignore[literal-required]
+        cycle.message_event.set()
+
+    def _body_ended(self) -> None:
+        assert self._body_timer is not None
+        self._body_timer.cancel()
+        cycle, self._body_timer, self._body_cycle = self._body_cycle, None, None
+        if cycle is not None and cycle.response_complete and not self._head_bytes and not self.pipeline:
+            # The unread body of a request already answered has ended: the connection is idle again, under
+            # uvicorn's keep-alive timeout (which the body's bytes had cancelled).
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
 
     def _answer(self, status: int, detail: str) -> None:
         if self.cycle is None or self.cycle.response_complete:
             self.transport.write(_json_response(status, detail))
         self.transport.close()
+
+
+def _head_size(protocol: HttpToolsProtocol) -> int:
+    """The bytes of a parsed head's target and headers (close to what came on the wire)."""
+    return len(protocol.url) + sum(len(name) + len(value) + 4 for name, value in protocol.headers)
+
+
+def _refusing(status: int, detail: str) -> ASGIApp:
+    """An answer to a request refused on its head, run in the app's place."""
+    body = msgspec.json.encode({"detail": detail})
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"connection", b"close"),
+    ]
+
+    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return refuse
 
 
 async def _overloaded(scope: Any, receive: Any, send: Any) -> None:

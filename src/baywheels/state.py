@@ -17,10 +17,11 @@ class AppState:
     dispatcher: Dispatcher
 
 
-# The lifespan yields {STATE_KEY: AppState}; Starlette hands each request a copy as ``request.state``.
+# The lifespan yields {STATE_KEY: AppState}; the server hands each request a copy as ``scope["state"]``.
 STATE_KEY = "app"
 
 
 def app_state(request: Request) -> AppState:
-    """The one untyped read of the lifespan's state, made typed for everyone else."""
-    return cast(AppState, getattr(request.state, STATE_KEY))
+    """The one untyped read of the lifespan's state, made typed for everyone else. From the scope, not
+    ``request.state``, which would build a State object per request on the hot path."""
+    return cast(AppState, request.scope["state"][STATE_KEY])

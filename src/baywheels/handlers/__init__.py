@@ -4,10 +4,12 @@ gathered here for the app's routes and the OpenAPI document."""
 from ..endpoints import Endpoint
 from . import dispatch, health, operators, suggestions, tasks
 
+# In the order the router tries them (it matches one route after another): the workers' calls, the most
+# frequent by far, first.
 ENDPOINTS: tuple[Endpoint, ...] = (
-    *health.endpoints,
-    *suggestions.endpoints,
-    *tasks.endpoints,
     *dispatch.endpoints,
+    *tasks.endpoints,
+    *suggestions.endpoints,
     *operators.endpoints,
+    *health.endpoints,
 )
