@@ -24,6 +24,7 @@ LIMITS = {
     "REQUEST_HEADER_TIMEOUT": str(READ_TIMEOUT),
     "REQUEST_BODY_TIMEOUT": str(READ_TIMEOUT),
     "LOG_FORMAT": "json",
+    "ACCESS_LOG": "true",
 }
 # Longer than any answer can take on a loaded machine; reached only by a test that would hang.
 PATIENCE = 30
@@ -100,8 +101,14 @@ async def test_too_many_headers_is_431(server: LiveServer, connect: Connect) -> 
     reader, writer = await connect(server)
     writer.write(request_head("/healthz", *(f"X-H{i}: {i}" for i in range(HEAD_COUNT + 1))))
     status, headers, body = await answer(reader)
-    assert (status, headers["content-type"]) == (431, "application/json")
+    assert (status, headers["content-type"], headers["connection"]) == (431, "application/json", "close")
     assert json.loads(body) == {"detail": f"More than {HEAD_COUNT} request headers"}
+    # Answered in the app's place, so logged and counted like any other answer, with its request id.
+    request_id = headers["x-request-id"]
+    sample = 'baywheels_http_requests_total{method="GET",route="unmatched",status="431"}'
+    assert await metric(server, sample) == 1
+    [logged] = [line for line in log_lines(server) if line.get("status") == 431]
+    assert (logged["event"], logged["path"], logged["request_id"]) == ("request", "/healthz", request_id)
     # At the limit, the request is served.
     reader, writer = await connect(server)
     writer.write(
@@ -214,6 +221,11 @@ async def test_slow_clients_are_cut_and_do_not_starve_a_normal_client(
     answers = await asyncio.gather(*(answer(reader) for reader, _ in slow))
     assert {status for status, _, _ in answers} == {408}
     await until_metric(server, 'baywheels_http_limited_total{limit="header_timeout"}', 50)
+    # Every one is counted, but a flood is not logged line by line: at most one line a second, each saying
+    # how many it stands for.
+    logged = [line for line in log_lines(server) if line.get("limit") == "header_timeout"]
+    assert 1 <= len(logged) < 50
+    assert len(logged) + sum(int(str(line["also_since_last_line"])) for line in logged) <= 50
 
 
 @pytest.fixture
@@ -245,6 +257,7 @@ async def test_beyond_max_connections_a_request_gets_503_json(
             assert status == 200
     assert (headers["content-type"], headers["retry-after"]) == ("application/json", "7")
     assert json.loads(body) == {"detail": "Too many connections, retry later"}
+    assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # answered by the app, like any other
     # Once they leave, others are served again.
     for _, writer in holding:
         writer.close()

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .errors import CLIENT_CLOSED, PayloadTooLarge, RequestTimeout, error_response
-from .protocol import BODY_TIMED_OUT
+from .protocol import BODY_TIMED_OUT, REFUSED
 
 log = structlog.get_logger("baywheels.access")
 
@@ -95,7 +95,10 @@ class RequestContext:
 
         try:
             length = _header(scope, b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            if REFUSED in scope:  # by the protocol, on its head (protocol.py)
+                refused_status, detail, headers = scope[REFUSED]
+                await error_response(refused_status, detail, headers)(scope, receive, send_with_id)
+            elif length is not None and length.isdigit() and int(length) > self.max_body_bytes:
                 # Refused before a byte of the body is read.
                 await error_response(413, self._too_large)(scope, receive, send_with_id)
             else:

@@ -7,11 +7,11 @@ answer): the protocol only marks the request's scope and wakes the app's read.""
 
 import asyncio
 import resource
+import time
 from typing import Any, ClassVar
 
 import msgspec
 import structlog
-from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from . import metrics
@@ -19,9 +19,15 @@ from .settings import Settings
 
 log = structlog.get_logger(__name__)
 
-# The scope key by which the protocol tells the request middleware that a body took too long (the 408 is the
-# app's answer, logged and counted like any other).
+# Scope keys by which the protocol tells the request middleware to answer in its place, so that the answer
+# is logged, counted and carries its X-Request-ID like any other: a body that took too long (408), and a
+# request refused on its head (431 headers, 503 connections), as (status, detail, headers).
 BODY_TIMED_OUT = "baywheels.body_timed_out"
+REFUSED = "baywheels.refused"
+
+# A flood of slow or oversized clients logs one line per limit and second, with how many it stood for (every
+# one is counted in baywheels_http_limited_total).
+_LOG_INTERVAL = 1.0
 
 # Open files kept back from the connection cap: the pool's connections, the LISTEN connection, the
 # listening socket, logs and whatever the libraries open.
@@ -34,7 +40,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     header_timeout: float
     body_timeout: float
     max_connections: int
-    retry_after: int
+    overloaded_headers: dict[str, str]
 
     @classmethod
     def of(cls, settings: Settings) -> "Limits":
@@ -44,8 +50,11 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
             header_timeout=settings.request_header_timeout,
             body_timeout=settings.request_body_timeout,
             max_connections=connection_cap(settings),
-            retry_after=settings.retry_after,
+            overloaded_headers={"Retry-After": str(settings.retry_after), "Connection": "close"},
         )
+
+
+_CLOSE = {"Connection": "close"}  # the rest of a refused request may still come: no other after it
 
 
 def raise_open_files_limit() -> int:
@@ -70,10 +79,19 @@ def connection_cap(settings: Settings) -> int:
     return max(1, min(settings.max_connections, soft - settings.pool_max_size - _FILES_HELD_BACK))
 
 
+_last_logged: dict[str, float] = {}
+_unlogged: dict[str, int] = {}
+
+
 def _limit_reached(limit: str, **details: Any) -> None:
-    """One line and one count each time a limit refuses or cuts a request."""
-    log.warning("http_limit_reached", limit=limit, **details)
+    """A count each time a limit refuses or cuts a request, and a log line at most once a second per limit."""
     metrics.LIMITED.labels(limit).inc()
+    now = time.monotonic()
+    if now - _last_logged.get(limit, -_LOG_INTERVAL) < _LOG_INTERVAL:
+        _unlogged[limit] = _unlogged.get(limit, 0) + 1
+        return
+    _last_logged[limit] = now
+    log.warning("http_limit_reached", limit=limit, also_since_last_line=_unlogged.pop(limit, 0), **details)
 
 
 def _json_response(status: int, detail: str, headers: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -150,29 +168,22 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         limits = self.limits
         # uvicorn's on_header keeps every header; their number is bounded by the bytes of a head.
         if len(self.headers) > limits.max_header_count:
-            refusal = ("header_count", f"More than {limits.max_header_count} request headers")
+            _limit_reached("header_count")
+            refusal = (431, f"More than {limits.max_header_count} request headers", _CLOSE)
         elif self._head_bytes > limits.max_header_bytes and _head_size(self) > limits.max_header_bytes:
             # A whole head over the limit in one read (a big read may also hold a body: hence the count).
-            refusal = ("header_bytes", f"Request headers exceed the limit of {limits.max_header_bytes} bytes")
+            _limit_reached("header_bytes")
+            refusal = (431, f"Request headers exceed the limit of {limits.max_header_bytes} bytes", _CLOSE)
         elif len(self.connections) > limits.max_connections:
-            refusal = ("connections", "")
+            # uvicorn's limit_concurrency would answer in plain text, in its own words.
+            _limit_reached("connections", open=len(self.connections))
+            refusal = (503, "Too many connections, retry later", limits.overloaded_headers)
         else:
-            self._head_bytes = 0
-            super().on_headers_complete()
-            return
+            refusal = None
+        if refusal is not None:
+            self.scope[REFUSED] = refusal  # type: ignore[literal-required]
         self._head_bytes = 0
-        limit, detail = refusal
-        if limit == "connections":
-            # uvicorn's limit_concurrency would answer in plain text: our own answer runs in the app's place.
-            _limit_reached(limit, open=len(self.connections))
-            self.app = _overloaded
-        else:
-            _limit_reached(limit)
-            self.app = _refusing(431, detail)
-        try:
-            super().on_headers_complete()
-        finally:
-            self.app = self.config.loaded_app
+        super().on_headers_complete()
 
     # Deadlines
 
@@ -225,41 +236,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 def _head_size(protocol: HttpToolsProtocol) -> int:
     """The bytes of a parsed head's target and headers (close to what came on the wire)."""
     return len(protocol.url) + sum(len(name) + len(value) + 4 for name, value in protocol.headers)
-
-
-def _refusing(status: int, detail: str) -> ASGIApp:
-    """An answer to a request refused on its head, run in the app's place."""
-    body = msgspec.json.encode({"detail": detail})
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
-    ]
-
-    async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-    return refuse
-
-
-async def _overloaded(scope: Any, receive: Any, send: Any) -> None:
-    """The answer to a request beyond MAX_CONNECTIONS, in the app's place."""
-    retry_after = BoundedHttpToolsProtocol.limits.retry_after
-    body = msgspec.json.encode({"detail": "Too many connections, retry later"})
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", str(retry_after).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def configure(settings: Settings) -> None:
