@@ -2,13 +2,14 @@
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import msgspec
 import pytest
 
-from baywheels import settings
-from baywheels.dispatcher import Dispatcher, Waiter
+from baywheels import queries, settings
+from baywheels.dispatcher import Dispatcher
 from baywheels.models import Task
 
 
@@ -31,16 +32,16 @@ async def test_requests_queued_behind_a_failed_statement_are_still_served(
         "SELECT g, g, g + 100, 1, 'test' FROM generate_series(1, 2) g"
     )
     started, fail = asyncio.Event(), asyncio.Event()
-    dispatch = dispatcher._dispatch
+    dispatch = queries.task_dispatch
 
-    async def first_one_fails(batch: list[Waiter]) -> dict[int, Task]:
+    async def first_one_fails(*args: Any) -> Task | None:
         if not started.is_set():
             started.set()
             await fail.wait()
             raise OSError("connection reset by peer")
-        return await dispatch(batch)
+        return await dispatch(*args)
 
-    monkeypatch.setattr(dispatcher, "_dispatch", first_one_fails)
+    monkeypatch.setattr(queries, "task_dispatch", first_one_fails)
     first = asyncio.create_task(dispatcher.next("first", 60, 0, None))
     await started.wait()
     queued = [asyncio.create_task(dispatcher.next(f"queued-{i}", 60, 0, None)) for i in range(2)]

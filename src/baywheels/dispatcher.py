@@ -4,10 +4,11 @@ woken by PostgreSQL LISTEN/NOTIFY (through the process's one listener, listener.
 Every ``POST /dispatch/next`` becomes a ``Waiter`` in a FIFO queue. Up to DISPATCH_CONCURRENCY statements run
 at once; when all are busy, the waiters that queue up behind them go together in ONE ``task_dispatch_many``
 statement, which pairs n locked tasks with n workers in arrival order and commits once for all of them. A
-lone waiter takes the single-row ``task_dispatch`` path. A waiter with ``wait_seconds`` that finds nothing
-sleeps (no query) until a notification says a task became ready, from this instance or any other; then the
-oldest sleepers are tried first, one batch at a time, and only while batches keep filling up, so one new
-task costs one statement, not one per sleeper.
+lone waiter takes the single-row ``task_dispatch`` path; a request that does not wait, arriving when a
+statement slot is free, runs that statement in its own task, with no waiter at all. A waiter with
+``wait_seconds`` that finds nothing sleeps (no query) until a notification says a task became ready, from
+this instance or any other; then the oldest sleepers are tried first, one batch at a time, and only while
+batches keep filling up, so one new task costs one statement, not one per sleeper.
 """
 
 import asyncio
@@ -74,6 +75,14 @@ class Dispatcher:
         self, worker_id: str, lease_seconds: int, wait_seconds: float, key: str | None
     ) -> Task | None:
         """The task assigned to this worker, or None when none was ready within ``wait_seconds``."""
+        if (
+            wait_seconds <= 0
+            and key is None
+            and not self._queue
+            and self._inflight < self._settings.dispatch_concurrency
+            and not self._closing
+        ):
+            return await self._dispatch_inline(worker_id, lease_seconds)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
             worker_id, lease_seconds, key, loop.time() + wait_seconds, next(self._seq), loop.create_future()
@@ -147,6 +156,29 @@ class Dispatcher:
                     batch.append(self._queue.popleft())
             self._inflight += 1
             self._spawn(self._run(batch))
+
+    async def _dispatch_inline(self, worker_id: str, lease_seconds: int) -> Task | None:
+        """A statement slot is free and nobody queues for one, so there is nothing to coalesce with: the
+        request's own task runs the single-row statement, as _run would, without a waiter, a future and a
+        task of its own (at low concurrency, where a real fleet lives, those cost more than they save).
+        Only for a request that does not wait: a long poll can be cancelled when its client leaves, and a
+        statement cancelled under it could leave its task assigned to nobody until the lease ran out."""
+        self._inflight += 1
+        try:
+            task = await queries.task_dispatch(self._pool, worker_id, lease_seconds, None)
+        except BaseException:
+            self._inflight -= 1
+            # As in _run: a task it had locked is free again, unannounced, and whoever queued behind it
+            # must not wait for another request to come and pump.
+            self._notifications += 1
+            self._wake(self._settings.dispatch_batch_max)
+            self._pump()
+            raise
+        self._inflight -= 1
+        if task is not None:
+            self._wake(self._settings.dispatch_batch_max)  # as in _run: more may be ready for the sleepers
+        self._pump()
+        return task
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         # A statement serves many requests: it must not log under the request id of the one that started it.
