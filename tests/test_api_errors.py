@@ -77,6 +77,16 @@ async def test_wrong_method_is_405(client: httpx.AsyncClient, method: str, path:
     assert sorted(response.headers["allow"].split(", ")) == sorted(allow.split(", "))
 
 
+async def test_fixed_paths_answer_head_and_redirect_a_trailing_slash(client: httpx.AsyncClient) -> None:
+    """Routes with a fixed path are looked up by path and method (endpoints.FixedPathsFirst); what
+    Starlette's router does besides still holds."""
+    head = await client.head("/healthz")
+    assert (head.status_code, head.content) == (200, b"")
+    redirect = await client.get("/healthz/", follow_redirects=False)
+    assert (redirect.status_code, redirect.headers["location"].rsplit("/", 1)[-1]) == (307, "healthz")
+    assert (await client.get("/healthz/", follow_redirects=True)).json() == {"status": "ok"}
+
+
 @pytest.fixture
 async def small_client(service_settings: settings.Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with a 1 KiB body limit."""

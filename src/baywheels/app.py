@@ -14,6 +14,7 @@ from starlette.staticfiles import StaticFiles
 from . import db, logs, metrics, openapi, protocol
 from . import settings as config
 from .dispatcher import Dispatcher
+from .endpoints import FixedPathsFirst
 from .errors import EXCEPTION_HANDLERS
 from .handlers import ENDPOINTS
 from .listener import Listener
@@ -56,8 +57,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/redoc", openapi.redoc, methods=["GET"]),
         Mount("/static/docs", StaticFiles(directory=openapi.assets_dir()), name="docs-assets"),
     ]
-    return Starlette(
-        routes=routes,
+    app = Starlette(
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[
             Middleware(
@@ -67,8 +67,10 @@ def create_app(settings: Settings) -> Starlette:
                 access_log=settings.access_log,
             )
         ],
-        lifespan=lifespan,
     )
+    # Starlette takes no router class; its own would try every route's pattern in turn.
+    app.router = FixedPathsFirst(routes, lifespan=lifespan)
+    return app
 
 
 def serving_gc() -> None:

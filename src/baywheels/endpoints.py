@@ -13,10 +13,12 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypedDict, TypeVar, Unpack
 
+from starlette._utils import get_route_path
 from starlette.convertors import register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route, Router
+from starlette.types import Receive, Scope, Send
 
 from . import requests
 
@@ -158,3 +160,31 @@ def decoded_types(handler: Handler) -> dict[str, Any]:
         raise TypeError(f"{handler.__qualname__} must take (request[, body][, query]), not {names}")
     hints = typing.get_type_hints(handler, include_extras=True)
     return {name: hints[name] for name in names[1:]}
+
+
+class FixedPathsFirst(Router):
+    """Starlette's router, but a route with a fixed path (``/dispatch/next``, ``/healthz``) is found by one
+    dictionary lookup. Starlette tries each route's pattern in turn, about a microsecond each: with 17
+    routes ahead of it, that was a third of the cost of ``GET /healthz``. Anything else (a path with an id,
+    a 405, a 404) goes Starlette's way."""
+
+    def __init__(self, routes: list[BaseRoute], **options: Any) -> None:
+        super().__init__(routes, **options)
+        self.fixed = {
+            (method, route.path): route
+            for route in routes
+            if isinstance(route, Route) and not route.param_convertors
+            for method in route.methods or ()
+        }
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self.fixed.get((scope["method"], get_route_path(scope)))
+            if route is not None:
+                scope.setdefault("router", self)
+                scope["route"] = route
+                scope["endpoint"] = route.endpoint
+                scope["path_params"] = scope.get("path_params", {})
+                await route.handle(scope, receive, send)
+                return
+        await super().app(scope, receive, send)
