@@ -1,10 +1,24 @@
 """Structured logs: one line per event, each naming the request it belongs to; readable on a terminal, JSON
 otherwise."""
 
+import contextvars
 import logging
 import sys
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+
+# The id of the request being served (set by the middleware): one ContextVar set per request, where
+# structlog's bind_contextvars would first clear every variable of the context.
+REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+
+def add_request_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    request_id = REQUEST_ID.get()
+    if request_id is not None:
+        event.setdefault("request_id", request_id)
+    return event
 
 
 def output_format(fmt: str | None) -> str:
@@ -21,7 +35,8 @@ def configure(level: str, fmt: str | None) -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     shared: list[structlog.types.Processor] = [
-        # Binds request_id (set by the middleware) into every line logged while the request runs.
+        # The request id in every line logged while the request runs, and anything bound with structlog.
+        add_request_id,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
 from .errors import CLIENT_CLOSED, PayloadTooLarge, RequestTimeout, error_response
+from .logs import REQUEST_ID
 from .protocol import BODY_TIMED_OUT, REFUSED
 
 log = structlog.get_logger("baywheels.access")
@@ -61,8 +62,7 @@ class RequestContext:
         started = time.perf_counter()
         given = _header(scope, b"x-request-id")
         request_id = given.decode() if given and _SANE_REQUEST_ID.match(given) else _new_request_id()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        REQUEST_ID.set(request_id)  # each request runs in its own task, with its own copy of the context
         status = 500
         response_started = False
 
