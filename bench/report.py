@@ -115,8 +115,11 @@ def ladder_rows(table: Table, levels: Sequence[int], ladder: Ladder, http: bool)
     table.add("service / best DB ceiling of the row", *cells(lambda p: ratio(p.service.rate, best)))
     if http:
         table.add("service / HTTP ceiling", *cells(lambda p: ratio(p.service.rate, ceiling(p))))
-    if any(p.peer for p in points.values()):
-        peer_rows(table, cells)
+    peer = any(p.peer for p in points.values())
+    if peer:
+        table.add(
+            "service / minimal app (best of 1 and 2 workers)", *cells(lambda p: times(p.service_over_peer))
+        )
 
     def latency_ms(stat: str) -> Callable[[Point], str]:
         return lambda p: f"{getattr(p.service.latency_us, stat) / 1000:.1f}"
@@ -132,10 +135,12 @@ def ladder_rows(table: Table, levels: Sequence[int], ladder: Ladder, http: bool)
         "exactly once (in flight at stop)",
         *cells(lambda p: ("ok" if p.invariant.ok else "FAIL") + f" ({p.invariant.in_flight})"),
     )
+    if peer:
+        peer_rows(table, cells)
 
 
 def peer_rows(table: Table, cells: Callable[[Callable[[Point], str]], list[str]]) -> None:
-    """The minimal app (bench/peer.py) beside the service: each run, the better one, and the ratio."""
+    """The minimal app (bench/peer.py): each run, the better one, and its CPU beside the service's."""
 
     def run(workers: int) -> Callable[[Point], str]:
         def cell(p: Point) -> str:
@@ -154,7 +159,6 @@ def peer_rows(table: Table, cells: Callable[[Callable[[Point], str]], list[str]]
     for workers in PEER_WORKERS:
         table.add(f"minimal app, {workers} worker{'s' if workers > 1 else ''}, /s", *cells(run(workers)))
     table.add("minimal app, best of 1 and 2 workers, /s", *cells(best(lambda r: num(r.rate))))
-    table.add("service / minimal app (best of 1 and 2)", *cells(lambda p: times(p.service_over_peer)))
     table.add(
         "minimal app (best) latency p50 / p99, ms",
         *cells(best(lambda r: f"{r.latency_us.p50 / 1000:.1f} / {r.latency_us.p99 / 1000:.1f}")),
