@@ -190,7 +190,8 @@ def peer_command(port: int, workers: int) -> list[str]:
 
 class Service:
     """An HTTP server under test as a real process on its own port: ``baywheels serve`` unless another
-    ``command`` is given (the minimal app, ``peer_command``). ``role`` names it in the CPU split."""
+    ``command`` is given (the minimal app, ``peer_command``). ``role`` names it in messages and the CPU split.
+    """
 
     def __init__(
         self,
@@ -205,7 +206,6 @@ class Service:
         self.log = log
         self.role = role
         self.command = command or service_command(port)
-        self.name = " ".join(self.command[2:4])  # "baywheels serve", "uvicorn bench.peer:app"
         pythonpath = os.pathsep.join(filter(None, [str(HOME), os.environ.get("PYTHONPATH")]))
         self._env = {
             **os.environ,
@@ -235,7 +235,7 @@ class Service:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}; see {self.log}")
+                raise RuntimeError(f"the {self.role} exited with {self.process.returncode}; see {self.log}")
             try:
                 conn = await Connection.open("127.0.0.1", self.port)
                 try:
@@ -246,7 +246,7 @@ class Service:
             except (OSError, asyncio.IncompleteReadError):
                 pass
             await asyncio.sleep(0.05)  # polling another process for readiness, with a deadline
-        raise RuntimeError(f"{self.name} did not become ready; see {self.log}")
+        raise RuntimeError(f"the {self.role} did not become ready; see {self.log}")
 
     async def stop(self) -> None:
         """SIGTERM: uvicorn lets requests in flight finish (and the service's dispatcher its statements)."""
