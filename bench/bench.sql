@@ -74,6 +74,10 @@ SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_at >= $1 AND a
 -- Service processes up: each worker's dispatcher holds one connection whose only statement was its LISTEN.
 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %';
 
+-- name: bench_peer_connections :one
+-- The minimal app's connections (bench/peer.py names them): each worker opens its pool's first ones at start.
+SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'bench-peer';
+
 -- name: bench_pg_settings :many
 -- current_setting() gives each value with its unit, as postgresql.conf would (256MB, not 32768 x 8kB).
 SELECT name, current_setting(name) AS setting FROM pg_settings WHERE name = ANY($1::text[]) ORDER BY name;

@@ -17,7 +17,7 @@ import msgspec
 from .config import Config
 from .database import Server
 from .loadgen import Load, LoadGen
-from .procs import CpuMeter, Service, cpu_seconds, memory_bytes, tree_cpu_seconds
+from .procs import CpuMeter, Service, cpu_seconds, memory_bytes, peer_command, tree_cpu_seconds
 from .stats import Latency
 
 
@@ -79,12 +79,29 @@ class Context:
         finally:
             await svc.stop()
 
+    @contextlib.asynccontextmanager
+    async def peer(self, url: str, pool: int, workers: int) -> AsyncIterator[Service]:
+        """The minimal app (``bench/peer.py``) with ``workers`` uvicorn processes, each with a pool as large
+        as the service's would be at this point."""
+        port = _free_port(self._ports)
+        env = {"POOL_MAX_SIZE": str(pool), "POOL_MIN_SIZE": "2"}
+        peer = Service(url, port, env, self.workdir / "peer.log", peer_command(port, workers), role="peer")
+        await peer.start()
+        try:
+            # /readyz answered: one worker is up. Each opened POOL_MIN_SIZE connections before it served.
+            async with asyncio.timeout(30):
+                while (await self.server.fetchrow(url, "bench_peer_connections"))[0] < 2 * workers:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)  # polling other processes' start-up, with a deadline
+            yield peer
+        finally:
+            await peer.stop()
+
     def meter(self, service: Service | None) -> CpuMeter:
         harness = os.getpid()
         sources: dict[str, Callable[[], float]] = {"harness": lambda: cpu_seconds(harness)}
         if service is not None:
             pid = service.pid
-            sources["service"] = lambda: tree_cpu_seconds(pid)
+            sources[service.role] = lambda: tree_cpu_seconds(pid)
         if self.postmaster is not None:
             postmaster = self.postmaster
             sources["postgres"] = lambda: tree_cpu_seconds(postmaster)

@@ -17,6 +17,11 @@ def ratio(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f} %" if whole else "-"
 
 
+def times(value: float | None) -> str:
+    """A ratio as a multiple (issue 11 states its targets as "1.10 x the minimal app")."""
+    return "-" if value is None else f"{value:.2f} x"
+
+
 def mb(size: float) -> str:
     return f"{size / 2**20:.0f} MB"
 

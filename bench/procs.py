@@ -160,14 +160,56 @@ def ensure_wrk() -> str | None:
     return shutil.which("wrk")
 
 
-class Service:
-    """``baywheels serve`` as a real uvicorn process on its own port."""
+# The folder holding the bench package: the peer runs as ``bench.peer`` from there, as bench.client does.
+HOME = Path(__file__).resolve().parents[1]
 
-    def __init__(self, dsn: str, port: int, env: Mapping[str, str], log: Path) -> None:
+
+def service_command(port: int) -> list[str]:
+    """``baywheels serve``: uvicorn with uvloop and the service's httptools protocol; WORKERS from the env."""
+    return [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(port)]
+
+
+def peer_command(port: int, workers: int) -> list[str]:
+    """The minimal app (``bench/peer.py``) under uvicorn with the service's settings: uvloop, httptools, no
+    access log, no server header."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.peer:app",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        f"--workers={workers}",
+        "--loop=uvloop",
+        "--http=httptools",
+        "--no-access-log",
+        "--no-server-header",
+        "--log-level=warning",
+    ]
+
+
+class Service:
+    """An HTTP server under test as a real process on its own port: ``baywheels serve`` unless another
+    ``command`` is given (the minimal app, ``peer_command``). ``role`` names it in messages and the CPU split.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        port: int,
+        env: Mapping[str, str],
+        log: Path,
+        command: list[str] | None = None,
+        role: str = "service",
+    ) -> None:
         self.port = port
         self.log = log
+        self.role = role
+        self.command = command or service_command(port)
+        pythonpath = os.pathsep.join(filter(None, [str(HOME), os.environ.get("PYTHONPATH")]))
         self._env = {
             **os.environ,
+            "PYTHONPATH": pythonpath,
             "DATABASE_URL": dsn,
             "ACCESS_LOG": "false",
             "LOG_LEVEL": "warning",
@@ -181,20 +223,19 @@ class Service:
         return self.process.pid
 
     def pids(self) -> list[int]:
-        """The service's processes: uvicorn's parent and, with WORKERS > 1, everything it started."""
+        """The server's processes: uvicorn's parent and, with several workers, everything it started."""
         return [self.pid, *descendants(self.pid)]
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(self.port)]
         with self.log.open("ab") as log:
-            return subprocess.Popen(command, env=self._env, stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(self.command, env=self._env, stdout=log, stderr=subprocess.STDOUT)
 
     async def start(self, within: float = 30.0) -> None:
         self.process = self._spawn()
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"baywheels serve exited with {self.process.returncode}; see {self.log}")
+                raise RuntimeError(f"the {self.role} exited with {self.process.returncode}; see {self.log}")
             try:
                 conn = await Connection.open("127.0.0.1", self.port)
                 try:
@@ -205,10 +246,10 @@ class Service:
             except (OSError, asyncio.IncompleteReadError):
                 pass
             await asyncio.sleep(0.05)  # polling another process for readiness, with a deadline
-        raise RuntimeError(f"baywheels serve did not become ready; see {self.log}")
+        raise RuntimeError(f"the {self.role} did not become ready; see {self.log}")
 
     async def stop(self) -> None:
-        """SIGTERM: uvicorn lets requests in flight finish and the dispatcher its statements."""
+        """SIGTERM: uvicorn lets requests in flight finish (and the service's dispatcher its statements)."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.send_signal(signal.SIGTERM)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import msgspec
 
 from .context import Operation
-from .fmt import mb, num, ratio
-from .scenarios.dispatch import Ladder, Point
+from .fmt import mb, num, ratio, times
+from .scenarios.dispatch import PEER_WORKERS, Ladder, PeerRun, Point
 from .scenarios.ingest_approve import IngestApprove
 from .scenarios.longpoll import Longpoll
 from .scenarios.sustained import Sustained
@@ -115,6 +115,11 @@ def ladder_rows(table: Table, levels: Sequence[int], ladder: Ladder, http: bool)
     table.add("service / best DB ceiling of the row", *cells(lambda p: ratio(p.service.rate, best)))
     if http:
         table.add("service / HTTP ceiling", *cells(lambda p: ratio(p.service.rate, ceiling(p))))
+    peer = any(p.peer for p in points.values())
+    if peer:
+        table.add(
+            "service / minimal app (best of 1 and 2 workers)", *cells(lambda p: times(p.service_over_peer))
+        )
 
     def latency_ms(stat: str) -> Callable[[Point], str]:
         return lambda p: f"{getattr(p.service.latency_us, stat) / 1000:.1f}"
@@ -130,6 +135,50 @@ def ladder_rows(table: Table, levels: Sequence[int], ladder: Ladder, http: bool)
         "exactly once (in flight at stop)",
         *cells(lambda p: ("ok" if p.invariant.ok else "FAIL") + f" ({p.invariant.in_flight})"),
     )
+    if peer:
+        peer_rows(table, cells)
+
+
+def peer_rows(table: Table, cells: Callable[[Callable[[Point], str]], list[str]]) -> None:
+    """The minimal app (bench/peer.py): each run, the better one, and its CPU beside the service's."""
+
+    def run(workers: int) -> Callable[[Point], str]:
+        def cell(p: Point) -> str:
+            found = [r for r in p.peer if r.workers == workers]
+            return num(found[0].rate) if found else "-"
+
+        return cell
+
+    def best(fn: Callable[[PeerRun], str]) -> Callable[[Point], str]:
+        def cell(p: Point) -> str:
+            found = p.best_peer()
+            return "-" if found is None else fn(found)
+
+        return cell
+
+    for workers in PEER_WORKERS:
+        table.add(f"minimal app, {workers} worker{'s' if workers > 1 else ''}, /s", *cells(run(workers)))
+    table.add("minimal app, best of 1 and 2 workers, /s", *cells(best(lambda r: num(r.rate))))
+    table.add(
+        "minimal app (best) latency p50 / p99, ms",
+        *cells(best(lambda r: f"{r.latency_us.p50 / 1000:.1f} / {r.latency_us.p99 / 1000:.1f}")),
+    )
+    table.add(
+        "CPU, service / minimal app (best), % of a core",
+        *cells(lambda p: f"{p.service.cpu_percent.get('service', 0):.0f} / " + best(peer_cpu)(p)),
+    )
+    table.add(
+        "minimal app exactly once, 1 / 2 workers",
+        *cells(
+            lambda p: " / ".join(
+                ("ok" if r.invariant.ok else "FAIL") + f" ({r.invariant.in_flight})" for r in p.peer
+            )
+        ),
+    )
+
+
+def peer_cpu(run: PeerRun) -> str:
+    return f"{run.cpu_percent.get('peer', 0):.0f}"
 
 
 def ingest_approve_rows(table: Table, result: IngestApprove) -> None:

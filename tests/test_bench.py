@@ -41,6 +41,7 @@ ROWS = [
     "service / DB ceiling",
     "service / HTTP ceiling",
     "service / best DB ceiling of the row",
+    "service / minimal app (best of 1 and 2 workers)",
     "dispatch latency p50, ms",
     "dispatch latency p95, ms",
     "dispatch latency p99, ms",
@@ -48,6 +49,12 @@ ROWS = [
     "pgbench latency p50 / p99, ms",
     "errors (non-200 + socket)",
     "exactly once (in flight at stop)",
+    "minimal app, 1 worker, /s",
+    "minimal app, 2 workers, /s",
+    "minimal app, best of 1 and 2 workers, /s",
+    "minimal app (best) latency p50 / p99, ms",
+    "CPU, service / minimal app (best), % of a core",
+    "minimal app exactly once, 1 / 2 workers",
     "service memory (PSS) under 4 dispatchers",
     "ingest, 1,000-item POST /suggestions",
     "approve, POST /task/approve (c=4)",
@@ -84,16 +91,45 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "longpoll",
         "sustained",
     }
-    assert len(report["invariants"]) == 12
+    # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers.
+    assert len(report["invariants"]) == 16
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
+    assert [inv["scenario"] for inv in report["invariants"]][:8] == [
+        "pgbench c=1",
+        "dispatch c=1",
+        "minimal app c=1, 1 worker",
+        "minimal app c=1, 2 workers",
+        "pgbench c=4",
+        "dispatch c=4",
+        "minimal app c=4, 1 worker",
+        "minimal app c=4, 2 workers",
+    ]
     table = report["table"]
     assert table in printed
     lines = {line.strip().split("  ")[0]: line for line in table.splitlines()}
     assert set(ROWS) <= set(lines), sorted(set(ROWS) - set(lines))
     # The asyncio client waits for its last answers, so nothing is in flight when it stops.
-    checks = [line.split()[-4:] for line in table.splitlines() if "exactly once" in line]
+    checks = [line.split()[-4:] for line in table.splitlines() if "exactly once (" in line]
     assert checks == [["ok", "(0)", "ok", "(0)"], ["stop)", "-", "ok", "(0)"]]
-    assert sorted(report["results"]["dispatch"]["points"]) == ["1", "4"]
+    [peer_checks] = [line for line in table.splitlines() if "minimal app exactly once" in line]
+    assert peer_checks.split("workers", 1)[1].split() == ["ok", "(0)", "/", "ok", "(0)"] * 2
+    points = report["results"]["dispatch"]["points"]
+    assert sorted(points) == ["1", "4"]
+    for c, point in points.items():
+        assert [run["workers"] for run in point["peer"]] == [1, 2]
+        for run in point["peer"]:
+            assert run["invariant"]["ok"]
+            assert run["invariant"]["answered"] == run["statuses"]["200"] > 0
+            assert run["failures"] == 0
+            assert run["cpu_percent"]["peer"] > 0
+        best = max(point["peer"], key=lambda run: run["rate"])
+        assert point["peer_best_workers"] == best["workers"]
+        assert point["service_over_peer"] == pytest.approx(point["service"]["rate"] / best["rate"])
+        assert f"c={c:<3} minimal app x1 " in printed
+        assert f"c={c:<3} minimal app x2 " in printed
+        assert f"c={c:<3} service / minimal app {point['service_over_peer']:.2f} x" in printed
+    # Not of record: no minimal app with synchronous_commit=off.
+    assert all("peer" not in point for point in report["results"]["dispatch_sync_off"]["points"].values())
     assert set(SCENARIOS) == {
         "dispatch",
         "dispatch_sync_off",
