@@ -5,9 +5,7 @@ the reaper, the other taking over when it stops, and a lease that runs out on th
 lease_expires_at) hands the task to another worker."""
 
 import asyncio
-import json
 import math
-import re
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -15,11 +13,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import httpx
 import msgspec
 
 from conftest import LiveServer
-from helpers import json_of, until
+from helpers import (
+    approve_many,
+    expire_leases,
+    json_of,
+    make_tasks,
+    raw_post,
+    suggest_many,
+    until,
+    until_waiting,
+)
 
 REAPER_LOCK = "hashtext('baywheels.reaper')"
 
@@ -28,62 +34,12 @@ def dbname(database_url: str) -> str:
     return urlsplit(database_url).path.lstrip("/")
 
 
-async def ingest(client: httpx.AsyncClient, url: str, n: int) -> list[int]:
-    items = [
-        {"from_station_id": 2 * i + 1, "to_station_id": 2 * i + 2, "qty": 1, "reason": "t"} for i in range(n)
-    ]
-    response = await client.post(f"{url}/suggestions", json=items)
-    assert response.status_code == 201, response.text
-    ids: list[int] = response.json()["ids"]
-    return ids
-
-
-async def approve(client: httpx.AsyncClient, url: str, suggestion_ids: list[int]) -> list[dict[str, Any]]:
-    response = await client.post(f"{url}/tasks/approve", json={"suggestion_ids": suggestion_ids})
-    assert response.status_code == 200, response.text
-    tasks: list[dict[str, Any]] = response.json()["tasks"]
-    assert len(tasks) == len(suggestion_ids)
-    return tasks
-
-
-async def metric(client: httpx.AsyncClient, url: str, line: str) -> float:
-    text = (await client.get(f"{url}/metrics")).text
-    match = re.search(rf"^{re.escape(line)} (\S+)$", text, re.MULTILINE)
-    return 0.0 if match is None else float(match[1])
-
-
-async def until_waiting(client: httpx.AsyncClient, url: str, n: int) -> None:
-    """Until n long-polls sleep in that process's dispatcher."""
-
-    async def waiting() -> bool:
-        return await metric(client, url, "baywheels_dispatch_waiters") == n
-
-    await until(waiting, within=15)
-
-
 async def start(*servers: LiveServer) -> None:
     await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
 
 
 async def stop(*servers: LiveServer) -> None:
     await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers))
-
-
-async def raw_post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """POST over a connection of its own. Hundreds of concurrent long-polls are cheap this way (an httpx
-    client's pool spends more than a second handing out 200 responses); cancelling closes the socket."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        data = json.dumps(body).encode()
-        writer.write(
-            b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (path.encode(), len(data), data)
-        )
-        response = await reader.read()  # to the end: the server closes after answering
-    finally:
-        writer.close()
-    head, _, payload = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(payload)
 
 
 class DatabaseLoad(msgspec.Struct, frozen=True):
@@ -130,15 +86,15 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": str(interval)})
     await start(server)
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
-            suggestions = await ingest(client, server.url, waiters)
+        async with server.client() as client:
+            suggestions = await suggest_many(client, waiters)
             polls = [
                 asyncio.ensure_future(
                     raw_post(server.port, "/dispatch/next", {"worker_id": f"w{i}", "wait_seconds": 10})
                 )
                 for i in range(waiters)
             ]
-            await until_waiting(client, server.url, waiters)
+            await until_waiting(client, waiters)
 
             before = await database_load(server_dsn, dbname(database_url))
             started = time.monotonic()
@@ -160,7 +116,7 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
             assert after.queries == before.queries
             assert not any(poll.done() for poll in polls)
 
-            tasks = await approve(client, server.url, suggestions)
+            tasks = await approve_many(client, suggestions)
             approved = time.monotonic()
             answers = await asyncio.gather(*polls)
             print(
@@ -172,7 +128,7 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
             bodies = [body for _, body in answers]
             assert sorted(b["id"] for b in bodies) == sorted(t["id"] for t in tasks)
             assert sorted(b["worker_id"] for b in bodies) == sorted(f"w{i}" for i in range(waiters))
-            await until_waiting(client, server.url, 0)
+            await until_waiting(client, 0)
     finally:
         await stop(server)
 
@@ -180,8 +136,8 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
 async def test_waiter_whose_client_hangs_up_takes_no_task(
     live_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
-        (suggestion,) = await ingest(client, live_server.url, 1)
+    async with live_server.client() as client:
+        (suggestion,) = await suggest_many(client, 1)
         reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
         body = b'{"worker_id": "gone", "wait_seconds": 30}'
         writer.write(
@@ -189,15 +145,15 @@ async def test_waiter_whose_client_hangs_up_takes_no_task(
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         await writer.drain()
-        await until_waiting(client, live_server.url, 1)
+        await until_waiting(client, 1)
 
         writer.close()
         await writer.wait_closed()
         # The server notices the hang-up and forgets the waiter long before its 30 s are over.
-        await until_waiting(client, live_server.url, 0)
+        await until_waiting(client, 0)
         assert await reader.read() == b""  # nothing was ever sent back
 
-        (task,) = await approve(client, live_server.url, [suggestion])
+        (task,) = await approve_many(client, [suggestion])
         later = await client.post("/dispatch/next", json={"worker_id": "second", "wait_seconds": 5})
 
     assert later.status_code == 200
@@ -211,14 +167,14 @@ async def test_waiter_whose_client_hangs_up_takes_no_task(
 
 async def test_wake_up_latency_over_real_http(live_server: LiveServer) -> None:
     latencies = []
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
-        suggestions = await ingest(client, live_server.url, 5)
+    async with live_server.client() as client:
+        suggestions = await suggest_many(client, 5)
         for i, suggestion in enumerate(suggestions):
             waiting = asyncio.ensure_future(
                 raw_post(live_server.port, "/dispatch/next", {"worker_id": f"w{i}", "wait_seconds": 10})
             )
-            await until_waiting(client, live_server.url, 1)
-            (task,) = await approve(client, live_server.url, [suggestion])
+            await until_waiting(client, 1)
+            (task,) = await approve_many(client, [suggestion])
             approved = time.perf_counter()
             status, body = await waiting
             latencies.append((time.perf_counter() - approved) * 1000)
@@ -248,8 +204,9 @@ async def test_two_instances_hand_out_every_task_exactly_once(
         await until(led)
         leader = await reaper_lock_holders(observer, name)
         await start(servers[1])
-        async with httpx.AsyncClient(timeout=30) as client:
-            suggestions = await ingest(client, servers[0].url, total)
+        async with servers[0].client() as first, servers[1].client() as second:
+            clients = (first, second)
+            suggestions = await suggest_many(first, total)
             received: list[tuple[int, dict[str, Any]]] = []
             progress = asyncio.Condition()
             done = asyncio.Event()
@@ -270,13 +227,13 @@ async def test_two_instances_hand_out_every_task_exactly_once(
                 for instance in range(2)
                 for i in range(per_instance)
             ]
-            await asyncio.gather(*(until_waiting(client, s.url, per_instance) for s in servers))
+            await asyncio.gather(*(until_waiting(client, per_instance) for client in clients))
 
             lock_samples = []
             for burst in range(bursts):
                 # Alternate instances: one instance's approval must wake the other's waiters too.
                 chunk = suggestions[burst * burst_size : (burst + 1) * burst_size]
-                await approve(client, servers[burst % 2].url, chunk)
+                await approve_many(clients[burst % 2], chunk)
                 handed_out = (burst + 1) * burst_size
                 async with asyncio.timeout(20), progress:
                     await progress.wait_for(lambda: len(received) >= handed_out)  # noqa: B023 (awaited here)
@@ -286,7 +243,7 @@ async def test_two_instances_hand_out_every_task_exactly_once(
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             assert all(s.process is not None and s.process.poll() is None for s in servers)
-            await asyncio.gather(*(until_waiting(client, s.url, 0) for s in servers))
+            await asyncio.gather(*(until_waiting(client, 0) for client in clients))
 
         by_instance = Counter(instance for instance, _ in received)
         print(
@@ -335,10 +292,7 @@ async def test_two_instances_hand_out_every_task_exactly_once(
 
 
 async def expire_and_wait_for_rescue(pool: asyncpg.Pool, task_ids: list[int]) -> None:
-    await pool.execute(
-        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = ANY($1::bigint[])",
-        task_ids,
-    )
+    await expire_leases(pool, *task_ids)
 
     async def rescued() -> bool:
         held = await pool.fetchval(
@@ -356,9 +310,8 @@ async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_work
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": "0.05"})
     await start(server)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            (suggestion,) = await ingest(client, server.url, 1)
-            (task,) = await approve(client, server.url, [suggestion])
+        async with server.client() as client:
+            (task,) = await make_tasks(client, 1)
             task_id = task["id"]
             response = await client.post("/dispatch/next", json={"worker_id": "A", "lease_seconds": 1})
             first = json_of(response, 200)
