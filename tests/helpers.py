@@ -162,6 +162,19 @@ async def events(client: httpx.AsyncClient, task_id: int) -> list[tuple[str, str
     return [(event["event"], event["worker_id"]) for event in body]
 
 
+async def assert_assigned_as_told(pool: asyncpg.Pool, told: list[Json]) -> None:
+    """The database agrees with what each worker was told (``told``: the dispatch answers, one per task):
+    each task is assigned to that worker under that lease, and each assignment was recorded once."""
+    rows = await pool.fetch("SELECT id, status, worker_id, lease_id FROM tasks")
+    assert {(r["id"], r["status"], r["worker_id"], str(r["lease_id"])) for r in rows} == {
+        (b["id"], "assigned", b["worker_id"], b["lease_id"]) for b in told
+    }
+    assigned = await pool.fetch("SELECT task_id, worker_id FROM task_events WHERE event = 'assigned'")
+    assert sorted((r["task_id"], r["worker_id"]) for r in assigned) == sorted(
+        (b["id"], b["worker_id"]) for b in told
+    )
+
+
 async def metric(client: httpx.AsyncClient, sample: str, default: float | None = 0.0) -> float:
     """The value of one sample of /metrics, or ``default`` while the service has none (a labelled counter
     before its first count); with no default, the sample must be there."""

@@ -1,9 +1,9 @@
-"""The task lifecycle over HTTP (the app in-process, its reaper running every 50 ms): leases and rescue,
-fencing, pickup and stalled tasks, fail/backoff/dead letter, cancel and retry, idempotent dispatch, delayed
-work, and the 409s that name the current state.
+"""The task lifecycle over HTTP (the app in-process, its maintenance loop running every 50 ms): leases and
+rescue, fencing, pickup and stalled tasks, fail/backoff/dead letter, cancel and retry, idempotent dispatch,
+delayed work, and the 409s that name the current state.
 
 A lease "runs out" when the test moves lease_expires_at into the past; the test then waits, with a
-deadline, for the reaper's effect to show in the API."""
+deadline, for the maintenance loop's effect to show in the API."""
 
 import asyncio
 from datetime import UTC, datetime, timedelta
@@ -31,7 +31,7 @@ def service_settings(service_settings: settings.Settings) -> settings.Settings:
 
 
 async def wait_for_status(client: httpx.AsyncClient, task_id: int, *statuses: str) -> dict[str, Any]:
-    """The task once it reaches one of ``statuses`` (the reaper acts within a few of its 50 ms ticks)."""
+    """The task once it reaches one of ``statuses`` (maintenance acts within a few of its 50 ms ticks)."""
     task: dict[str, Any] = {}
 
     async def reached() -> bool:
@@ -99,7 +99,7 @@ async def test_heartbeats_keep_the_task_while_they_come(
         assert datetime.fromisoformat(beat.json()["lease_expires_at"]) > datetime.now(UTC) + timedelta(
             seconds=100
         )
-        # The canary's lease expires; once the reaper has rescued it, a pass has run since the heartbeat.
+        # The canary's lease expires; once maintenance has rescued it, a pass has run since the heartbeat.
         await dispatch(client, f"canary{round_}")
         await expire_leases(pool, canary["id"])
         # (Its third expiry dead-letters it: MAX_ATTEMPTS is 3.)

@@ -39,6 +39,16 @@ def long_poll(client: httpx.AsyncClient, worker_id: str, wait_seconds: float) ->
     return asyncio.ensure_future(request)
 
 
+async def long_poll_until_due(client: httpx.AsyncClient) -> tuple[httpx.Response, datetime]:
+    """For the one task, not due yet: refused to a worker now, and the answer to a worker who waits for it,
+    with the time it came."""
+    assert (await client.post("/dispatch/next", json={"worker_id": "early"})).status_code == 404
+    waiting = long_poll(client, "w1", 10)
+    await until_waiting(client, 1)
+    response = await waiting
+    return response, datetime.now(UTC)
+
+
 async def test_waiter_receives_a_task_approved_while_it_waits(client: httpx.AsyncClient) -> None:
     (suggestion,) = await suggest_many(client, 1)
     waiting = long_poll(client, "w1", 10)
@@ -158,12 +168,7 @@ async def test_waiter_is_woken_when_a_held_task_becomes_ready_again(
 async def test_waiter_is_woken_when_delayed_work_falls_due(client: httpx.AsyncClient) -> None:
     due = datetime.now(UTC) + timedelta(seconds=0.5)
     (task,) = await make_tasks(client, 1, not_before=due.isoformat())
-    assert (await client.post("/dispatch/next", json={"worker_id": "early"})).status_code == 404
-    waiting = long_poll(client, "w1", 10)
-    await until_waiting(client, 1)
-
-    response = await waiting
-    answered = datetime.now(UTC)
+    response, answered = await long_poll_until_due(client)
 
     assert response.status_code == 200
     assert (response.json()["id"], response.json()["worker_id"]) == (task["id"], "w1")
@@ -172,7 +177,7 @@ async def test_waiter_is_woken_when_delayed_work_falls_due(client: httpx.AsyncCl
 
 
 async def test_waiter_is_woken_when_a_retry_backoff_ends(service_settings: settings.Settings) -> None:
-    # No trigger fires when a backoff merely runs out: the reaper notices the task fell due and notifies.
+    # No trigger fires when a backoff merely runs out: maintenance notices the task fell due and notifies.
     config = msgspec.structs.replace(service_settings, task_retry_backoff_seconds=0.3)
     async with in_process(create_app(config)) as client:
         (task,) = await make_tasks(client, 1)
@@ -180,12 +185,7 @@ async def test_waiter_is_woken_when_a_retry_backoff_ends(service_settings: setti
         failed = await client.post(f"/task/{task['id']}/fail", json={"worker_id": "holder", "error": "e"})
         assert (held.status_code, failed.status_code, failed.json()["status"]) == (200, 200, "ready")
         due = datetime.fromisoformat(failed.json()["available_at"])
-        assert (await client.post("/dispatch/next", json={"worker_id": "early"})).status_code == 404
-        waiting = long_poll(client, "w1", 10)
-        await until_waiting(client, 1)
-
-        response = await waiting
-        answered = datetime.now(UTC)
+        response, answered = await long_poll_until_due(client)
 
         assert response.status_code == 200
         assert (response.json()["id"], response.json()["worker_id"], response.json()["attempts"]) == (
@@ -209,7 +209,7 @@ async def test_wake_up_is_not_lost_when_work_falls_due_before_its_transaction_co
 
     async with pool.acquire() as conn, conn.transaction():
         # A slow commit: the task is due 0.1 s into a transaction that commits later still, so the trigger
-        # (not yet due at statement time) stays silent and the reaper's checks cannot see the row yet.
+        # (not yet due at statement time) stays silent and maintenance's checks cannot see the row yet.
         due = await conn.fetchval(
             "UPDATE tasks SET status = 'ready', worker_id = NULL, assigned_at = NULL, lease_id = NULL, "
             "lease_expires_at = NULL, available_at = clock_timestamp() + interval '0.1 seconds' "
@@ -218,9 +218,9 @@ async def test_wake_up_is_not_lost_when_work_falls_due_before_its_transaction_co
         )
 
         async def checked_after_due() -> bool:
-            # A reaper check for due work (its statement names the channel) started after the due time, and so
-            # could not see this row. Read on another connection: within a transaction the activity snapshot
-            # does not change. The reaper's connection is the one holding its advisory lock.
+            # A maintenance check for due work (its statement names the channel) started after the due time,
+            # and so could not see this row. Read on another connection: within a transaction the activity
+            # snapshot does not change. The leader's connection is the one holding the advisory lock.
             return bool(
                 await pool.fetchval(
                     "SELECT query_start > $1 AND query LIKE '%baywheels_task_ready%' "

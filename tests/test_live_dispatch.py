@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from conftest import LiveServer
-from helpers import RawConnection, make_tasks, metric, suggest_many, until
+from helpers import RawConnection, assert_assigned_as_told, make_tasks, metric, suggest_many, until
 
 TASKS = 500
 DISPATCHERS = 64
@@ -90,14 +90,7 @@ async def test_concurrent_dispatchers_get_every_task_exactly_once(
     assert set(ids) == set(approved)
 
     # The database agrees with what each worker was told, and recorded each assignment once.
-    rows = await pool.fetch("SELECT id, status, worker_id, lease_id FROM tasks")
-    assert {(r["id"], r["status"], r["worker_id"], str(r["lease_id"])) for r in rows} == {
-        (b["id"], "assigned", b["worker_id"], b["lease_id"]) for b in received
-    }
-    events = await pool.fetch("SELECT task_id, worker_id FROM task_events WHERE event = 'assigned'")
-    assert sorted((e["task_id"], e["worker_id"]) for e in events) == sorted(
-        (b["id"], b["worker_id"]) for b in received
-    )
+    await assert_assigned_as_told(pool, received)
     # /metrics counts every worker process's dispatches, whichever process answers it.
     async with live_server.client() as client:
         assert await metric(client, 'baywheels_dispatch_total{outcome="assigned"}') == TASKS

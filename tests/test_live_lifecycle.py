@@ -1,7 +1,7 @@
 """Long-polling and rescue against real `baywheels serve` processes over real HTTP: idle waiters cost the
 database nothing, a waiter whose client hangs up takes no task, the wake-up latency (printed, not
-asserted), two instances on one database hand out every task exactly once while only one of them runs
-the reaper, the other taking over when it stops, and a lease that runs out on the clock (nothing moves
+asserted), two instances on one database hand out every task exactly once while only one of them leads
+maintenance, the other taking over when it stops, and a lease that runs out on the clock (nothing moves
 lease_expires_at) hands the task to another worker."""
 
 import asyncio
@@ -18,6 +18,7 @@ import msgspec
 from conftest import LiveServer
 from helpers import (
     approve_many,
+    assert_assigned_as_told,
     expire_leases,
     json_of,
     make_tasks,
@@ -26,8 +27,6 @@ from helpers import (
     until,
     until_waiting,
 )
-
-REAPER_LOCK = "hashtext('baywheels.reaper')"
 
 
 def dbname(database_url: str) -> str:
@@ -44,9 +43,9 @@ async def stop(*servers: LiveServer) -> None:
 
 class DatabaseLoad(msgspec.Struct, frozen=True):
     xact_commit: int
-    # (pid, query_start) of each service backend except the reaper's: a new query changes query_start.
+    # (pid, query_start) of each service backend except the maintenance leader's: a new query changes it.
     queries: frozenset[tuple[int, Any]]
-    reaper_pids: tuple[int, ...]
+    leader_pids: tuple[int, ...]
 
 
 async def database_load(server_dsn: str, name: str) -> DatabaseLoad:
@@ -56,7 +55,7 @@ async def database_load(server_dsn: str, name: str) -> DatabaseLoad:
     try:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         xact_commit = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
-        reapers = await reaper_lock_holders(conn, name)
+        leaders = await maintenance_lock_holders(conn, name)
         rows = await conn.fetch(
             "SELECT pid, query_start FROM pg_stat_activity "
             "WHERE datname = $1 AND application_name = 'baywheels'",
@@ -66,13 +65,13 @@ async def database_load(server_dsn: str, name: str) -> DatabaseLoad:
         await conn.close()
     return DatabaseLoad(
         xact_commit=xact_commit,
-        queries=frozenset((r["pid"], r["query_start"]) for r in rows if r["pid"] not in reapers),
-        reaper_pids=reapers,
+        queries=frozenset((r["pid"], r["query_start"]) for r in rows if r["pid"] not in leaders),
+        leader_pids=leaders,
     )
 
 
-async def reaper_lock_holders(conn: asyncpg.Connection, name: str) -> tuple[int, ...]:
-    """Backends holding the reaper's advisory lock in that database."""
+async def maintenance_lock_holders(conn: asyncpg.Connection, name: str) -> tuple[int, ...]:
+    """Backends holding the maintenance loop's advisory lock in that database."""
     rows = await conn.fetch(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
         "AND database = (SELECT oid FROM pg_database WHERE datname = $1)",
@@ -103,16 +102,16 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
             window = time.monotonic() - started
 
             commits = after.xact_commit - before.xact_commit
-            # The reaper's two statements per tick, over the window plus the up-to-a-second delay with which a
-            # backend reports its statistics, and some slack: far below one query per waiter.
+            # Maintenance's two statements per tick, over the window plus the up-to-a-second delay with which
+            # a backend reports its statistics, and some slack: far below one query per waiter.
             bound = 2 * math.ceil((window + 1.5) / interval) + 10
             print(
                 f"\n{waiters} idle long-pollers, {window:.2f} s window: xact_commit {before.xact_commit} -> "
-                f"{after.xact_commit} (+{commits}, bound {bound}; reaper every {interval} s)"
+                f"{after.xact_commit} (+{commits}, bound {bound}; maintenance every {interval} s)"
             )
             assert commits <= bound
-            assert len(before.reaper_pids) == 1
-            # Nothing but the reaper started a query: the waiters' pool connections and the listener sat idle.
+            assert len(before.leader_pids) == 1
+            # Only maintenance started a query: the waiters' pool connections and the listener sat idle.
             assert after.queries == before.queries
             assert not any(poll.done() for poll in polls)
 
@@ -195,14 +194,14 @@ async def test_two_instances_hand_out_every_task_exactly_once(
     name = dbname(database_url)
     observer = await asyncpg.connect(server_dsn)
     try:
-        # The first instance started leads the reaper; the second waits to take over.
+        # The first instance started leads the maintenance loop; the second waits to take over.
         await start(servers[0])
 
         async def led() -> bool:
-            return bool(await reaper_lock_holders(observer, name))
+            return bool(await maintenance_lock_holders(observer, name))
 
         await until(led)
-        leader = await reaper_lock_holders(observer, name)
+        leader = await maintenance_lock_holders(observer, name)
         await start(servers[1])
         async with servers[0].client() as first, servers[1].client() as second:
             clients = (first, second)
@@ -237,7 +236,7 @@ async def test_two_instances_hand_out_every_task_exactly_once(
                 handed_out = (burst + 1) * burst_size
                 async with asyncio.timeout(20), progress:
                     await progress.wait_for(lambda: len(received) >= handed_out)  # noqa: B023 (awaited here)
-                lock_samples.append(await reaper_lock_holders(observer, name))
+                lock_samples.append(await maintenance_lock_holders(observer, name))
             done.set()
             for worker in workers:
                 worker.cancel()
@@ -248,22 +247,15 @@ async def test_two_instances_hand_out_every_task_exactly_once(
         by_instance = Counter(instance for instance, _ in received)
         print(
             f"\n{total} tasks in {bursts} bursts to 2 x {per_instance} long-pollers: handed out by instance "
-            f"{dict(by_instance)}; reaper lock holders per burst {lock_samples}"
+            f"{dict(by_instance)}; maintenance lock holders per burst {lock_samples}"
         )
         # Every task exactly once, and the database agrees with what each worker was told.
         bodies = [body for _, body in received]
         assert len(bodies) == total
         assert len({b["id"] for b in bodies}) == total
-        rows = await pool.fetch("SELECT id, status, worker_id, lease_id FROM tasks")
-        assert {(r["id"], r["status"], r["worker_id"], str(r["lease_id"])) for r in rows} == {
-            (b["id"], "assigned", b["worker_id"], b["lease_id"]) for b in bodies
-        }
-        assignments = await pool.fetch("SELECT task_id, worker_id FROM task_events WHERE event = 'assigned'")
-        assert sorted((r["task_id"], r["worker_id"]) for r in assignments) == sorted(
-            (b["id"], b["worker_id"]) for b in bodies
-        )
+        await assert_assigned_as_told(pool, bodies)
         assert set(by_instance) == {0, 1}
-        # One reaper at a time, though both instances run one: the first one's, throughout.
+        # One leader at a time, though both instances run the loop: the first one's, throughout.
         assert lock_samples == [leader] * bursts
 
         # Half the leases run out with both instances up: each of those tasks is rescued exactly once.
@@ -273,10 +265,10 @@ async def test_two_instances_hand_out_every_task_exactly_once(
         # The leader goes away; the other instance takes the lock over and rescues the rest.
         await stop(servers[0])
         await expire_and_wait_for_rescue(pool, second_half)
-        new_leader = await reaper_lock_holders(observer, name)
+        new_leader = await maintenance_lock_holders(observer, name)
         assert len(new_leader) == 1
         assert new_leader != leader
-        print(f"reaper lock: {leader} while both ran, then {new_leader} after the first instance stopped")
+        print(f"maintenance lock: {leader} while both ran, then {new_leader} once the first had stopped")
 
         rescued = await pool.fetch(
             "SELECT t.status, t.attempts, count(e.id) AS expiries FROM tasks t "
@@ -305,8 +297,8 @@ async def expire_and_wait_for_rescue(pool: asyncpg.Pool, task_ids: list[int]) ->
 
 async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_worker(database_url: str) -> None:
     """Worker A takes a task with a one-second lease and goes silent. Nothing but time passes: the server's
-    reaper takes the task back once the lease has run out, counting the attempt, worker B is dispatched the
-    same task, A's late completion under its old lease is refused and B's goes through."""
+    maintenance loop takes the task back once the lease has run out, counting the attempt, worker B is
+    dispatched the same task, A's late completion under its old lease is refused and B's goes through."""
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": "0.05"})
     await start(server)
     try:
@@ -326,7 +318,7 @@ async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_work
                 return statuses[-1] == "ready"
 
             await until(ready_again, within=10)
-            # Held by A until the reaper took it back: no other state in between.
+            # Held by A until the maintenance loop took it back: no other state in between.
             assert set(statuses[:-1]) <= {"assigned"}
             rescued = json_of(await client.get(f"/task/{task_id}"), 200)
             assert (rescued["status"], rescued["attempts"], rescued["worker_id"], rescued["lease_id"]) == (

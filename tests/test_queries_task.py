@@ -3,7 +3,7 @@ arithmetic, refused changes answered in one statement, the schema's state constr
 over separate connections.
 
 Time is controlled, never waited for: the state changes take the clock (``now=``), so a test says when a
-call happens; the reaper's rescue reads the database's clock, so a lease "runs out" when the test moves
+call happens; lease rescue reads the database's clock, so a lease "runs out" when the test moves
 lease_expires_at into the past."""
 
 import asyncio
