@@ -249,15 +249,15 @@ async def wait_for_lock_waiters(pool: asyncpg.Pool, count: int, within: float = 
     """Until ``count`` backends of this database wait on a lock: proof that racing statements overlap.
 
     PostgreSQL's state is polled, with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while True:
-            waiting = await pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.005)
+
+    async def waiting() -> bool:
+        waiters: int = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return waiters >= count
+
+    await until(waiting, within)
 
 
 @asynccontextmanager
