@@ -4,14 +4,16 @@ template database; each test gets its own copy of it (CREATE DATABASE ... TEMPLA
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -132,52 +134,83 @@ def free_port() -> int:
 
 @dataclass
 class LiveServer:
-    """A real `baywheels serve` process (uvicorn, uvloop, httptools) on a free port."""
+    """A real `baywheels serve` process (uvicorn, uvloop, httptools) on a free port, started (again, after a
+    stop) by ``start``. On ``database_url`` without migrating (the template is migrated), or with no
+    database_url as `make run` starts it: the embedded PostgreSQL under DATA_DIR, migrations on."""
 
-    database_url: str
-    env: dict[str, str]
-    log_path: Path | None = None  # where its stderr (the log) goes; discarded when unset
+    database_url: str | None
+    env: dict[str, str] = field(default_factory=dict)  # over os.environ and the defaults below
+    log_path: Path | None = None  # where its stderr (the log) goes; a temporary file when unset
+    cwd: Path | None = None
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
+    _temporary_log: bool = field(default=False, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, timeout=30)
+
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
-        env = {**os.environ, "DATABASE_URL": self.database_url, "ACCESS_LOG": "false", **self.env}
-        log = None if self.log_path is None else self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL if log is None else log,
-        )
-        if log is not None:
-            log.close()  # the child has its own copy
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"ACCESS_LOG": "false"}
+        command = [sys.executable, "-m", "baywheels", "serve", "--port", str(self.port)]
+        if self.database_url is not None:
+            env["DATABASE_URL"] = self.database_url
+            command.append("--no-migrate")
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="baywheels-serve-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._temporary_log = Path(name), True
+        with self.log_path.open("ab") as log:  # the child keeps its own copy
+            self.process = subprocess.Popen(
+                command, env=env | self.env, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=log
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"baywheels serve exited with {self.process.returncode}")
+                tail = self._log_tail()
+                raise RuntimeError(f"baywheels serve exited with {self.stop()}: {tail}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
             time.sleep(0.05)  # polling for readiness of another process, not synchronising the test
-        raise RuntimeError("baywheels serve did not become ready")
+        tail = self._log_tail()
+        self.stop(signal.SIGKILL)
+        raise RuntimeError(f"baywheels serve did not become ready: {tail}")
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=15)
-        self.process = None
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 15) -> int | None:
+        """Signals the process and waits for it: its exit code (None when it was not running)."""
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        try:
+            if process.poll() is None:
+                process.send_signal(sig)
+                try:
+                    process.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                    raise
+        finally:
+            if self._temporary_log and self.log_path is not None:
+                self.log_path.unlink(missing_ok=True)
+                self.log_path, self._temporary_log = None, False
+        return process.returncode
+
+    def _log_tail(self) -> str:
+        assert self.log_path is not None
+        return self.log_path.read_text(errors="replace")[-2000:]
 
 
 @pytest.fixture
-def live_server(database_url: str) -> Iterator[LiveServer]:
-    server = LiveServer(database_url, env={})
+def live_server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
+    server = LiveServer(database_url, log_path=tmp_path / "serve.log")
     server.start()
     try:
         yield server

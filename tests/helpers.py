@@ -2,6 +2,9 @@
 and tasks over the API (so the tests arrange state the way a user would)."""
 
 import asyncio
+import itertools
+import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -80,6 +83,14 @@ async def ingest(client: httpx.AsyncClient, items: list[Json]) -> Json:
     return result
 
 
+_pairs = itertools.count(1)
+
+
+def new_items(n: int, **fields: Any) -> list[Json]:
+    """n suggestions, each for a station pair no other call has used, so none replaces another."""
+    return [item(2 * p - 1, 2 * p, **fields) for p in itertools.islice(_pairs, n)]
+
+
 async def suggest(client: httpx.AsyncClient, from_station_id: int, to_station_id: int, **fields: Any) -> int:
     """Ingest one suggestion and return its id."""
     result = await ingest(client, [item(from_station_id, to_station_id, **fields)])
@@ -98,9 +109,25 @@ async def suggestions(client: httpx.AsyncClient) -> list[Json]:
             return found
 
 
+async def suggest_many(client: httpx.AsyncClient, n: int, **fields: Any) -> list[int]:
+    """Ingest n new suggestions in one batch and return their ids."""
+    ids: list[int] = (await ingest(client, new_items(n, **fields)))["ids"]
+    assert len(set(ids)) == n
+    return ids
+
+
 async def approve(client: httpx.AsyncClient, suggestion_id: int) -> Json:
     task: Json = json_of(await client.post("/task/approve", json={"suggestion_id": suggestion_id}), 200)
     return task
+
+
+async def approve_many(client: httpx.AsyncClient, suggestion_ids: list[int]) -> list[Json]:
+    """Approve the suggestions in one call; their tasks, in the same order."""
+    result = json_of(await client.post("/tasks/approve", json={"suggestion_ids": suggestion_ids}), 200)
+    assert result["not_found"] == []
+    tasks: list[Json] = result["tasks"]
+    assert [task["suggestion_id"] for task in tasks] == suggestion_ids
+    return tasks
 
 
 async def make_task(
@@ -110,8 +137,13 @@ async def make_task(
     return await approve(client, await suggest(client, from_station_id, to_station_id, **fields))
 
 
-async def dispatch(client: httpx.AsyncClient, worker_id: str) -> Json:
-    task: Json = json_of(await client.post("/dispatch/next", json={"worker_id": worker_id}), 200)
+async def make_tasks(client: httpx.AsyncClient, n: int, **fields: Any) -> list[Json]:
+    """n tasks approved from n new suggestions, in one call each."""
+    return await approve_many(client, await suggest_many(client, n, **fields))
+
+
+async def dispatch(client: httpx.AsyncClient, worker_id: str, **fields: Any) -> Json:
+    task: Json = json_of(await client.post("/dispatch/next", json={"worker_id": worker_id, **fields}), 200)
     return task
 
 
@@ -130,19 +162,102 @@ async def events(client: httpx.AsyncClient, task_id: int) -> list[tuple[str, str
     return [(event["event"], event["worker_id"]) for event in body]
 
 
+async def assert_assigned_as_told(pool: asyncpg.Pool, told: list[Json]) -> None:
+    """The database agrees with what each worker was told (``told``: the dispatch answers, one per task):
+    each task is assigned to that worker under that lease, and each assignment was recorded once."""
+    rows = await pool.fetch("SELECT id, status, worker_id, lease_id FROM tasks")
+    assert {(r["id"], r["status"], r["worker_id"], str(r["lease_id"])) for r in rows} == {
+        (b["id"], "assigned", b["worker_id"], b["lease_id"]) for b in told
+    }
+    assigned = await pool.fetch("SELECT task_id, worker_id FROM task_events WHERE event = 'assigned'")
+    assert sorted((r["task_id"], r["worker_id"]) for r in assigned) == sorted(
+        (b["id"], b["worker_id"]) for b in told
+    )
+
+
+async def metric(client: httpx.AsyncClient, sample: str, default: float | None = 0.0) -> float:
+    """The value of one sample of /metrics, or ``default`` while the service has none (a labelled counter
+    before its first count); with no default, the sample must be there."""
+    text = (await client.get("/metrics")).text
+    found = re.search(rf"^{re.escape(sample)} (\S+)$", text, flags=re.MULTILINE)
+    if found is None:
+        assert default is not None, f"no {sample} in /metrics"
+        return default
+    return float(found[1])
+
+
+async def waiters(client: httpx.AsyncClient) -> float:
+    """How many long-polls sleep in that process's dispatcher, having found nothing to take."""
+    return await metric(client, "baywheels_dispatch_waiters", default=None)
+
+
+async def until_waiting(client: httpx.AsyncClient, n: int) -> None:
+    """Until n long-polls wait in that process's dispatcher."""
+
+    async def waiting() -> bool:
+        return await waiters(client) == n
+
+    await until(waiting)
+
+
+class RawConnection:
+    """One keep-alive HTTP/1.1 connection of its own, as one worker's client would hold. Much lighter than an
+    httpx client with hundreds of connections, whose pool would be what a test measured; cancelling a request
+    and closing the connection is a client hanging up."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> "RawConnection":
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def post(self, path: str, body: object) -> tuple[int, Any]:
+        data = json.dumps(body).encode()
+        self.writer.write(
+            b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+        )
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status_line, *lines = head.decode().split("\r\n")
+        headers = dict(line.lower().split(": ", 1) for line in lines if line)
+        payload = await self.reader.readexactly(int(headers["content-length"]))
+        return int(status_line.split(" ", 2)[1]), json.loads(payload)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def raw_post(port: int, path: str, body: object) -> tuple[int, Any]:
+    """One POST over a connection of its own, closed afterwards (or when the request is cancelled)."""
+    conn = await RawConnection.open(port)
+    try:
+        return await conn.post(path, body)
+    finally:
+        conn.close()
+
+
+async def expire_leases(pool: asyncpg.Pool, *task_ids: int) -> None:
+    """Moves these tasks' leases a second into the past, as if their holders had gone silent."""
+    await pool.execute(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = ANY($1::bigint[])",
+        task_ids,
+    )
+
+
 async def wait_for_lock_waiters(pool: asyncpg.Pool, count: int, within: float = 10) -> None:
     """Until ``count`` backends of this database wait on a lock: proof that racing statements overlap.
 
     PostgreSQL's state is polled, with a deadline that fails the test."""
-    async with asyncio.timeout(within):
-        while True:
-            waiting = await pool.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )
-            if waiting >= count:
-                return
-            await asyncio.sleep(0.005)
+
+    async def waiting() -> bool:
+        waiters: int = await pool.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return waiters >= count
+
+    await until(waiting, within)
 
 
 @asynccontextmanager

@@ -1,12 +1,11 @@
-"""The task lifecycle over HTTP (the app in-process, its reaper running every 50 ms): leases and rescue,
-fencing, pickup and stalled tasks, fail/backoff/dead letter, cancel and retry, idempotent dispatch, delayed
-work, and the 409s that name the current state.
+"""The task lifecycle over HTTP (the app in-process, its maintenance loop running every 50 ms): leases and
+rescue, fencing, pickup and stalled tasks, fail/backoff/dead letter, cancel and retry, idempotent dispatch,
+delayed work, and the 409s that name the current state.
 
 A lease "runs out" when the test moves lease_expires_at into the past; the test then waits, with a
-deadline, for the reaper's effect to show in the API."""
+deadline, for the maintenance loop's effect to show in the API."""
 
 import asyncio
-import itertools
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,11 +15,9 @@ import msgspec
 import pytest
 
 from baywheels import settings
-from helpers import until
+from helpers import dispatch, events, expire_leases, get_task, make_tasks, until
 
 MAX_ATTEMPTS = 3
-
-_pairs = itertools.count(1)  # every suggestion gets a station pair of its own
 
 
 @pytest.fixture
@@ -33,58 +30,17 @@ def service_settings(service_settings: settings.Settings) -> settings.Settings:
     )
 
 
-async def make_tasks(client: httpx.AsyncClient, n: int, **fields: Any) -> list[dict[str, Any]]:
-    """n ready tasks, approved from n suggestions for distinct station pairs."""
-    pairs = [next(_pairs) for _ in range(n)]
-    items = [
-        {"from_station_id": 2 * p - 1, "to_station_id": 2 * p, "qty": 3, "reason": "test", **fields}
-        for p in pairs
-    ]
-    ingested = await client.post("/suggestions", json=items)
-    assert ingested.status_code == 201, ingested.text
-    approved = await client.post("/tasks/approve", json={"suggestion_ids": ingested.json()["ids"]})
-    assert approved.status_code == 200, approved.text
-    tasks: list[dict[str, Any]] = approved.json()["tasks"]
-    return tasks
-
-
-async def dispatch(client: httpx.AsyncClient, worker_id: str, **fields: Any) -> dict[str, Any]:
-    response = await client.post("/dispatch/next", json={"worker_id": worker_id, **fields})
-    assert response.status_code == 200, response.text
-    task: dict[str, Any] = response.json()
-    return task
-
-
-async def expire_lease(pool: asyncpg.Pool, task_id: int) -> None:
-    await pool.execute(
-        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task_id
-    )
-
-
-async def get(client: httpx.AsyncClient, task_id: int) -> dict[str, Any]:
-    response = await client.get(f"/task/{task_id}")
-    assert response.status_code == 200, response.text
-    task: dict[str, Any] = response.json()
-    return task
-
-
 async def wait_for_status(client: httpx.AsyncClient, task_id: int, *statuses: str) -> dict[str, Any]:
-    """The task once it reaches one of ``statuses`` (the reaper acts within a few of its 50 ms ticks)."""
+    """The task once it reaches one of ``statuses`` (maintenance acts within a few of its 50 ms ticks)."""
     task: dict[str, Any] = {}
 
     async def reached() -> bool:
         nonlocal task
-        task = await get(client, task_id)
+        task = await get_task(client, task_id)
         return task["status"] in statuses
 
     await until(reached)
     return task
-
-
-async def history(client: httpx.AsyncClient, task_id: int) -> list[tuple[str, str | None]]:
-    response = await client.get(f"/task/{task_id}/events")
-    assert response.status_code == 200, response.text
-    return [(e["event"], e["worker_id"]) for e in response.json()]
 
 
 def holder(task: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +57,7 @@ async def test_a_silent_worker_loses_its_task_to_another(
         first["assigned_at"]
     ) == timedelta(seconds=60)
 
-    await expire_lease(pool, task["id"])  # w1's phone died: no heartbeat came
+    await expire_leases(pool, task["id"])  # w1's phone died: no heartbeat came
     rescued = await wait_for_status(client, task["id"], "ready")
     assert (rescued["attempts"], rescued["worker_id"], rescued["lease_id"]) == (1, None, None)
 
@@ -115,7 +71,7 @@ async def test_a_silent_worker_loses_its_task_to_another(
     assert done.status_code == 200
     assert (done.json()["status"], done.json()["worker_id"]) == ("completed", "w2")
 
-    assert await history(client, task["id"]) == [
+    assert await events(client, task["id"]) == [
         ("approved", None),
         ("assigned", "w1"),
         ("lease_expired", "w1"),
@@ -143,19 +99,19 @@ async def test_heartbeats_keep_the_task_while_they_come(
         assert datetime.fromisoformat(beat.json()["lease_expires_at"]) > datetime.now(UTC) + timedelta(
             seconds=100
         )
-        # The canary's lease expires; once the reaper has rescued it, a pass has run since the heartbeat.
+        # The canary's lease expires; once maintenance has rescued it, a pass has run since the heartbeat.
         await dispatch(client, f"canary{round_}")
-        await expire_lease(pool, canary["id"])
+        await expire_leases(pool, canary["id"])
         # (Its third expiry dead-letters it: MAX_ATTEMPTS is 3.)
         await wait_for_status(client, canary["id"], "ready", "failed")
-        still = await get(client, kept["id"])
+        still = await get_task(client, kept["id"])
         assert (still["status"], still["worker_id"], still["lease_id"], still["attempts"]) == (
             "assigned",
             "w1",
             held["lease_id"],
             0,
         )
-    assert [e for e in await history(client, kept["id"]) if e[0] != "approved"] == [("assigned", "w1")]
+    assert [e for e in await events(client, kept["id"]) if e[0] != "approved"] == [("assigned", "w1")]
 
 
 async def test_stale_lease_is_refused_even_for_the_same_worker(
@@ -163,7 +119,7 @@ async def test_stale_lease_is_refused_even_for_the_same_worker(
 ) -> None:
     (task,) = await make_tasks(client, 1)
     old = await dispatch(client, "w1")
-    await expire_lease(pool, task["id"])
+    await expire_leases(pool, task["id"])
     await wait_for_status(client, task["id"], "ready")
     new = await dispatch(client, "w1")
     assert new["id"] == task["id"]
@@ -179,7 +135,7 @@ async def test_stale_lease_is_refused_even_for_the_same_worker(
         "detail": f"Cannot complete task {task['id']}: lease {old['lease_id']} has expired and the task "
         "was dispatched again"
     }
-    assert (await get(client, task["id"]))["status"] == "assigned"
+    assert (await get_task(client, task["id"]))["status"] == "assigned"
     fresh = await client.post(f"/task/{task['id']}/complete", json=holder(new))
     assert fresh.status_code == 200
     assert fresh.json()["status"] == "completed"
@@ -197,7 +153,7 @@ async def test_a_lease_expiring_after_pickup_stalls_the_task(
         picked = await client.post(f"/task/{held['id']}/pickup", json=holder(held))
         assert picked.status_code == 200
         assert picked.json()["picked_up_at"] is not None
-        await expire_lease(pool, held["id"])
+        await expire_leases(pool, held["id"])
     await wait_for_status(client, stalled["id"], "stalled")
     await wait_for_status(client, canceled["id"], "stalled")
 
@@ -213,7 +169,7 @@ async def test_a_lease_expiring_after_pickup_stalls_the_task(
     assert (await client.get("/tasks", params={"status": "stalled", "worker_id": "w2"})).json()[0]["id"] == (
         canceled["id"]
     )
-    assert (await history(client, stalled["id"]))[-2:] == [("picked_up", "w1"), ("lease_expired", "w1")]
+    assert (await events(client, stalled["id"]))[-2:] == [("picked_up", "w1"), ("lease_expired", "w1")]
 
     retried = await client.post(f"/task/{stalled['id']}/retry", json={"reason": "van found"})
     assert retried.status_code == 200
@@ -253,7 +209,7 @@ async def test_fail_backs_off_then_dead_letters_and_retry_revives(client: httpx.
     assert [(t["id"], t["last_error"], t["attempts"]) for t in dead_letters] == [
         (task["id"], "van broke down", MAX_ATTEMPTS)
     ]
-    assert [e[0] for e in await history(client, task["id"])] == [
+    assert [e[0] for e in await events(client, task["id"])] == [
         "approved",
         *["assigned", "attempt_failed"] * (MAX_ATTEMPTS - 1),
         "assigned",
@@ -278,8 +234,8 @@ async def test_release_hands_the_task_back_without_counting_an_attempt(client: h
         None,
     )
     assert (await dispatch(client, "w2"))["id"] == task["id"]
-    events = (await client.get(f"/task/{task['id']}/events")).json()
-    assert [(e["event"], e["worker_id"], e["detail"]) for e in events][2] == ("released", "w1", "shift over")
+    listed = (await client.get(f"/task/{task['id']}/events")).json()
+    assert [(e["event"], e["worker_id"], e["detail"]) for e in listed][2] == ("released", "w1", "shift over")
 
 
 async def test_cancel_locks_out_the_holder(client: httpx.AsyncClient) -> None:
@@ -293,12 +249,12 @@ async def test_cancel_locks_out_the_holder(client: httpx.AsyncClient) -> None:
         refused = await client.post(f"/task/{task['id']}/{action}", json=holder(held))
         assert refused.status_code == 409, action
         assert refused.json()["detail"].endswith("it is 'canceled', not 'assigned'")
-    assert (await get(client, task["id"]))["status"] == "canceled"
+    assert (await get_task(client, task["id"]))["status"] == "canceled"
     assert (await client.post("/dispatch/next", json={"worker_id": "w2"})).status_code == 404
 
     retried = await client.post(f"/task/{task['id']}/retry")
     assert (retried.status_code, retried.json()["status"]) == (200, "ready")
-    assert [e[0] for e in await history(client, task["id"])] == [
+    assert [e[0] for e in await events(client, task["id"])] == [
         "approved",
         "assigned",
         "canceled",
@@ -325,8 +281,8 @@ async def test_cancel_racing_complete_over_http_has_one_winner_per_round(client:
         assert sorted([cancel, complete]) == [200, 409]
         winner = "canceled" if cancel == 200 else "completed"
         wins[winner] += 1
-        assert (await get(client, task["id"]))["status"] == winner
-        assert [e[0] for e in await history(client, task["id"])] == ["approved", "assigned", winner]
+        assert (await get_task(client, task["id"]))["status"] == winner
+        assert [e[0] for e in await events(client, task["id"])] == ["approved", "assigned", winner]
     print(f"\ncancel vs complete over HTTP, {rounds} concurrent rounds: {wins}")
     assert len(tasks) == rounds
 
@@ -347,7 +303,7 @@ async def test_a_holders_racing_repeats_of_complete_all_get_the_completed_task(
     for task, responses in zip(held, await asyncio.gather(*(race(t) for t in held)), strict=True):
         assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
         assert {r.json()["status"] for r in responses} == {"completed"}
-        assert [e[0] for e in await history(client, task["id"])] == ["approved", "assigned", "completed"]
+        assert [e[0] for e in await events(client, task["id"])] == ["approved", "assigned", "completed"]
 
 
 async def test_same_idempotency_key_returns_the_same_task(client: httpx.AsyncClient) -> None:
@@ -377,7 +333,7 @@ async def test_same_idempotency_key_returns_the_same_task(client: httpx.AsyncCli
     assert {(r.status_code, r.json()["id"], r.json()["lease_id"]) for r in raced} == {
         (200, extra["id"], raced[0].json()["lease_id"])
     }
-    assignments = [e for e in await history(client, extra["id"]) if e[0] == "assigned"]
+    assignments = [e for e in await events(client, extra["id"]) if e[0] == "assigned"]
     assert assignments == [("assigned", "w1")]
 
     for bad in [b"has space", b"x" * 129, "caf\u00e9".encode()]:
@@ -414,7 +370,7 @@ async def test_delayed_work_is_not_dispatched_before_its_time(client: httpx.Asyn
     assert datetime.fromisoformat(now_task["not_before"]) == past
     assert (await dispatch(client, "w1"))["id"] == now_task["id"]
     assert (await client.post("/dispatch/next", json={"worker_id": "w2"})).status_code == 404
-    assert (await get(client, later["id"]))["status"] == "ready"
+    assert (await get_task(client, later["id"]))["status"] == "ready"
 
     # An operator's cancel and retry does not make it due early either.
     assert (await client.post(f"/task/{later['id']}/cancel")).status_code == 200
@@ -466,8 +422,8 @@ async def test_lifecycle_request_fields_are_validated(client: httpx.AsyncClient)
         response = await client.post(path, json=body)
         assert (response.status_code, response.json()) == (400, {"detail": detail}), (path, body)
     # Nothing happened to the task.
-    assert (await get(client, task_id))["status"] == "ready"
-    assert [e[0] for e in await history(client, task_id)] == ["approved"]
+    assert (await get_task(client, task_id))["status"] == "ready"
+    assert [e[0] for e in await events(client, task_id)] == ["approved"]
 
 
 async def test_illegal_transitions_are_409_naming_the_current_state(client: httpx.AsyncClient) -> None:
@@ -507,8 +463,8 @@ async def test_illegal_transitions_are_409_naming_the_current_state(client: http
     for action, task_id, body, detail in expectations:
         response = await client.post(f"/task/{task_id}/{action}", json=body)
         assert (response.status_code, response.json()) == (409, {"detail": detail}), (action, task_id)
-    assert (await get(client, r))["status"] == "ready"
-    assert (await get(client, d))["status"] == "completed"
+    assert (await get_task(client, r))["status"] == "ready"
+    assert (await get_task(client, d))["status"] == "completed"
 
     other = await dispatch(client, "w2")
     wrong = await client.post(f"/task/{other['id']}/heartbeat", json={"worker_id": "w3"})
@@ -553,8 +509,8 @@ async def test_events_are_listed_oldest_first_with_who_and_why(
     await client.post(f"/task/{task['id']}/pickup", json=holder(second))
     await client.post(f"/task/{task['id']}/complete", json=holder(second))
 
-    events = (await client.get(f"/task/{task['id']}/events")).json()
-    assert [(e["event"], e["worker_id"], e["detail"]) for e in events] == [
+    listed = (await client.get(f"/task/{task['id']}/events")).json()
+    assert [(e["event"], e["worker_id"], e["detail"]) for e in listed] == [
         ("approved", None, None),
         ("assigned", "w1", None),
         ("released", "w1", "flat tyre"),
@@ -562,9 +518,9 @@ async def test_events_are_listed_oldest_first_with_who_and_why(
         ("picked_up", "w2", None),
         ("completed", "w2", None),
     ]
-    times = [datetime.fromisoformat(e["at"]) for e in events]
+    times = [datetime.fromisoformat(e["at"]) for e in listed]
     assert times == sorted(times)
     # Oldest first is insertion order, not merely time order: equal timestamps keep their order.
     await pool.execute("UPDATE task_events SET at = '2030-01-01Z' WHERE task_id = $1", task["id"])
     again = (await client.get(f"/task/{task['id']}/events")).json()
-    assert [e["event"] for e in again] == [e["event"] for e in events]
+    assert [e["event"] for e in again] == [e["event"] for e in listed]

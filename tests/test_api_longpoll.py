@@ -3,8 +3,6 @@ the ways a task can, oldest waiter first, and with 404 when its wait ends empty.
 never asserted."""
 
 import asyncio
-import itertools
-import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -17,9 +15,16 @@ import pytest
 
 from baywheels import settings
 from baywheels.app import create_app
-from helpers import in_process, until
-
-_pairs = itertools.count(1)
+from helpers import (
+    approve_many,
+    expire_leases,
+    in_process,
+    make_tasks,
+    suggest_many,
+    until,
+    until_waiting,
+    waiters,
+)
 
 
 @pytest.fixture
@@ -29,52 +34,27 @@ def service_settings(service_settings: settings.Settings) -> settings.Settings:
     )
 
 
-async def ingest(client: httpx.AsyncClient, n: int, **fields: Any) -> list[int]:
-    pairs = [next(_pairs) for _ in range(n)]
-    items = [
-        {"from_station_id": 2 * p - 1, "to_station_id": 2 * p, "qty": 1, "reason": "test", **fields}
-        for p in pairs
-    ]
-    response = await client.post("/suggestions", json=items)
-    assert response.status_code == 201, response.text
-    ids: list[int] = response.json()["ids"]
-    return ids
-
-
-async def approve(client: httpx.AsyncClient, suggestion_ids: list[int]) -> list[dict[str, Any]]:
-    response = await client.post("/tasks/approve", json={"suggestion_ids": suggestion_ids})
-    assert response.status_code == 200, response.text
-    tasks: list[dict[str, Any]] = response.json()["tasks"]
-    return tasks
-
-
-async def waiters(client: httpx.AsyncClient) -> int:
-    text = (await client.get("/metrics")).text
-    match = re.search(r"^baywheels_dispatch_waiters (\S+)$", text, re.MULTILINE)
-    assert match is not None
-    return int(float(match[1]))
-
-
-async def until_waiting(client: httpx.AsyncClient, n: int) -> None:
-    """Until n requests sleep in the dispatcher, having found nothing to take."""
-
-    async def waiting() -> bool:
-        return await waiters(client) == n
-
-    await until(waiting)
-
-
 def long_poll(client: httpx.AsyncClient, worker_id: str, wait_seconds: float) -> asyncio.Task[httpx.Response]:
     request = client.post("/dispatch/next", json={"worker_id": worker_id, "wait_seconds": wait_seconds})
     return asyncio.ensure_future(request)
 
 
+async def long_poll_until_due(client: httpx.AsyncClient) -> tuple[httpx.Response, datetime]:
+    """For the one task, not due yet: refused to a worker now, and the answer to a worker who waits for it,
+    with the time it came."""
+    assert (await client.post("/dispatch/next", json={"worker_id": "early"})).status_code == 404
+    waiting = long_poll(client, "w1", 10)
+    await until_waiting(client, 1)
+    response = await waiting
+    return response, datetime.now(UTC)
+
+
 async def test_waiter_receives_a_task_approved_while_it_waits(client: httpx.AsyncClient) -> None:
-    (suggestion,) = await ingest(client, 1)
+    (suggestion,) = await suggest_many(client, 1)
     waiting = long_poll(client, "w1", 10)
     await until_waiting(client, 1)
 
-    (task,) = await approve(client, [suggestion])
+    (task,) = await approve_many(client, [suggestion])
     approved_at = time.perf_counter()
     response = await waiting
     latency = time.perf_counter() - approved_at
@@ -108,14 +88,14 @@ async def test_wait_that_ends_empty_is_404(client: httpx.AsyncClient) -> None:
 
 
 async def test_waiters_are_served_oldest_first(client: httpx.AsyncClient) -> None:
-    suggestions = await ingest(client, 3)
+    suggestions = await suggest_many(client, 3)
     polls = []
     for i in range(3):
         polls.append(long_poll(client, f"w{i}", 10))
         await until_waiting(client, i + 1)  # so arrival order is known
 
     for i, suggestion in enumerate(suggestions):
-        (task,) = await approve(client, [suggestion])
+        (task,) = await approve_many(client, [suggestion])
         response = await polls[i]
         assert (response.status_code, response.json()["id"], response.json()["worker_id"]) == (
             200,
@@ -127,17 +107,17 @@ async def test_waiters_are_served_oldest_first(client: httpx.AsyncClient) -> Non
 
 
 async def test_one_task_wakes_one_waiter_and_the_rest_keep_waiting(client: httpx.AsyncClient) -> None:
-    (suggestion, *rest) = await ingest(client, 20)
+    (suggestion, *rest) = await suggest_many(client, 20)
     polls = [long_poll(client, f"w{i}", 10) for i in range(20)]
     await until_waiting(client, 20)
 
-    (task,) = await approve(client, [suggestion])
+    (task,) = await approve_many(client, [suggestion])
     (winner,), pending = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
     assert winner.result().json()["id"] == task["id"]
     await until_waiting(client, 19)
     assert not any(poll.done() for poll in pending)
 
-    tasks = await approve(client, rest)
+    tasks = await approve_many(client, rest)
     answers = [(await poll).json() for poll in pending]
     assert sorted(a["id"] for a in answers) == sorted(t["id"] for t in tasks)
     assert len({a["worker_id"] for a in answers} | {winner.result().json()["worker_id"]}) == 20
@@ -157,9 +137,7 @@ async def by_fail(client: httpx.AsyncClient, pool: asyncpg.Pool, task: dict[str,
 
 
 async def by_rescue(client: httpx.AsyncClient, pool: asyncpg.Pool, task: dict[str, Any]) -> None:
-    await pool.execute(
-        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task["id"]
-    )
+    await expire_leases(pool, task["id"])
 
 
 async def by_retry(client: httpx.AsyncClient, pool: asyncpg.Pool, task: dict[str, Any]) -> None:
@@ -171,7 +149,7 @@ async def by_retry(client: httpx.AsyncClient, pool: asyncpg.Pool, task: dict[str
 async def test_waiter_is_woken_when_a_held_task_becomes_ready_again(
     client: httpx.AsyncClient, pool: asyncpg.Pool, wake: Wake
 ) -> None:
-    (task,) = await approve(client, await ingest(client, 1))
+    (task,) = await make_tasks(client, 1)
     held = await client.post("/dispatch/next", json={"worker_id": "holder"})
     assert held.status_code == 200
     waiting = long_poll(client, "w1", 10)
@@ -189,13 +167,8 @@ async def test_waiter_is_woken_when_a_held_task_becomes_ready_again(
 
 async def test_waiter_is_woken_when_delayed_work_falls_due(client: httpx.AsyncClient) -> None:
     due = datetime.now(UTC) + timedelta(seconds=0.5)
-    (task,) = await approve(client, await ingest(client, 1, not_before=due.isoformat()))
-    assert (await client.post("/dispatch/next", json={"worker_id": "early"})).status_code == 404
-    waiting = long_poll(client, "w1", 10)
-    await until_waiting(client, 1)
-
-    response = await waiting
-    answered = datetime.now(UTC)
+    (task,) = await make_tasks(client, 1, not_before=due.isoformat())
+    response, answered = await long_poll_until_due(client)
 
     assert response.status_code == 200
     assert (response.json()["id"], response.json()["worker_id"]) == (task["id"], "w1")
@@ -204,20 +177,15 @@ async def test_waiter_is_woken_when_delayed_work_falls_due(client: httpx.AsyncCl
 
 
 async def test_waiter_is_woken_when_a_retry_backoff_ends(service_settings: settings.Settings) -> None:
-    # No trigger fires when a backoff merely runs out: the reaper notices the task fell due and notifies.
+    # No trigger fires when a backoff merely runs out: maintenance notices the task fell due and notifies.
     config = msgspec.structs.replace(service_settings, task_retry_backoff_seconds=0.3)
     async with in_process(create_app(config)) as client:
-        (task,) = await approve(client, await ingest(client, 1))
+        (task,) = await make_tasks(client, 1)
         held = await client.post("/dispatch/next", json={"worker_id": "holder"})
         failed = await client.post(f"/task/{task['id']}/fail", json={"worker_id": "holder", "error": "e"})
         assert (held.status_code, failed.status_code, failed.json()["status"]) == (200, 200, "ready")
         due = datetime.fromisoformat(failed.json()["available_at"])
-        assert (await client.post("/dispatch/next", json={"worker_id": "early"})).status_code == 404
-        waiting = long_poll(client, "w1", 10)
-        await until_waiting(client, 1)
-
-        response = await waiting
-        answered = datetime.now(UTC)
+        response, answered = await long_poll_until_due(client)
 
         assert response.status_code == 200
         assert (response.json()["id"], response.json()["worker_id"], response.json()["attempts"]) == (
@@ -234,14 +202,14 @@ async def test_waiter_is_woken_when_a_retry_backoff_ends(service_settings: setti
 async def test_wake_up_is_not_lost_when_work_falls_due_before_its_transaction_commits(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
-    (task,) = await approve(client, await ingest(client, 1))
+    (task,) = await make_tasks(client, 1)
     assert (await client.post("/dispatch/next", json={"worker_id": "holder"})).status_code == 200
     waiting = long_poll(client, "w1", 5)
     await until_waiting(client, 1)
 
     async with pool.acquire() as conn, conn.transaction():
         # A slow commit: the task is due 0.1 s into a transaction that commits later still, so the trigger
-        # (not yet due at statement time) stays silent and the reaper's checks cannot see the row yet.
+        # (not yet due at statement time) stays silent and maintenance's checks cannot see the row yet.
         due = await conn.fetchval(
             "UPDATE tasks SET status = 'ready', worker_id = NULL, assigned_at = NULL, lease_id = NULL, "
             "lease_expires_at = NULL, available_at = clock_timestamp() + interval '0.1 seconds' "
@@ -250,9 +218,9 @@ async def test_wake_up_is_not_lost_when_work_falls_due_before_its_transaction_co
         )
 
         async def checked_after_due() -> bool:
-            # A reaper check for due work (its statement names the channel) started after the due time, and so
-            # could not see this row. Read on another connection: within a transaction the activity snapshot
-            # does not change. The reaper's connection is the one holding its advisory lock.
+            # A maintenance check for due work (its statement names the channel) started after the due time,
+            # and so could not see this row. Read on another connection: within a transaction the activity
+            # snapshot does not change. The leader's connection is the one holding the advisory lock.
             return bool(
                 await pool.fetchval(
                     "SELECT query_start > $1 AND query LIKE '%baywheels_task_ready%' "

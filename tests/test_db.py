@@ -2,7 +2,6 @@
 received its FATAL error but not yet its end of stream is never used as if healthy, and an error on a
 connection the server closed is a connection loss (a 503), whatever asyncpg called it."""
 
-import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -14,6 +13,7 @@ import pytest
 
 from baywheels import db, settings
 from baywheels.errors import DATABASE_UNAVAILABLE
+from helpers import until
 
 
 def fatal_shutdown() -> bytes:
@@ -85,9 +85,11 @@ async def test_a_connection_terminated_inside_a_transaction_is_a_connection_loss
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1")
             await observer.execute("SELECT pg_terminate_backend($1)", conn.get_server_pid())
-            async with asyncio.timeout(10):
-                while not closed(conn):  # noqa: ASYNC110 (asyncpg reads the end of the stream)
-                    await asyncio.sleep(0.005)
+
+            async def gone() -> bool:  # asyncpg reads the end of the stream
+                return closed(conn)
+
+            await until(gone, within=10)
 
     try:
         with pytest.raises(db.ConnectionLost) as raised:

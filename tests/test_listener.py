@@ -8,7 +8,7 @@ import asyncio
 from baywheels import settings
 from baywheels.state import AppState
 from conftest import cloned_database
-from helpers import json_of, serving, suggest
+from helpers import json_of, serving, suggest, until
 from proxy import Proxy
 
 # The figure is 100 ms; asserted with room for a loaded 2-core machine, and still well below the
@@ -17,9 +17,10 @@ BOUND = 0.5
 
 
 async def until_sleeping(app_state: AppState, n: int) -> None:
-    async with asyncio.timeout(10):
-        while len(app_state.dispatcher._sleeping) != n:  # noqa: ASYNC110 (the dispatcher's own state)
-            await asyncio.sleep(0.005)
+    async def sleeping() -> bool:
+        return len(app_state.dispatcher._sleeping) == n
+
+    await until(sleeping, within=10)
 
 
 async def outage(base: settings.Settings, database_url: str, seconds: float) -> float:

@@ -15,6 +15,7 @@ import pytest
 from baywheels import db
 from baywheels.embedded import EmbeddedPostgres
 from conftest import LiveServer
+from helpers import until
 
 RETRY_AFTER = "1"
 RESTARTS = 3
@@ -64,9 +65,11 @@ class Tally:
             return sum(n for (_, status), n in self.statuses.items() if status == 200)
 
         target = served() + more
-        async with asyncio.timeout(30):
-            while served() < target:  # noqa: ASYNC110 (progress is made by the workers)
-                await asyncio.sleep(0.01)
+
+        async def reached() -> bool:
+            return served() >= target
+
+        await until(reached, within=30)
 
     def note(self, what: str, response: httpx.Response) -> None:
         self.statuses[what, response.status_code] += 1

@@ -1,13 +1,11 @@
 """Long-polling and rescue against real `baywheels serve` processes over real HTTP: idle waiters cost the
 database nothing, a waiter whose client hangs up takes no task, the wake-up latency (printed, not
-asserted), two instances on one database hand out every task exactly once while only one of them runs
-the reaper, the other taking over when it stops, and a lease that runs out on the clock (nothing moves
+asserted), two instances on one database hand out every task exactly once while only one of them leads
+maintenance, the other taking over when it stops, and a lease that runs out on the clock (nothing moves
 lease_expires_at) hands the task to another worker."""
 
 import asyncio
-import json
 import math
-import re
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -15,50 +13,24 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
-import httpx
 import msgspec
 
 from conftest import LiveServer
-from helpers import json_of, until
-
-REAPER_LOCK = "hashtext('baywheels.reaper')"
+from helpers import (
+    approve_many,
+    assert_assigned_as_told,
+    expire_leases,
+    json_of,
+    make_tasks,
+    raw_post,
+    suggest_many,
+    until,
+    until_waiting,
+)
 
 
 def dbname(database_url: str) -> str:
     return urlsplit(database_url).path.lstrip("/")
-
-
-async def ingest(client: httpx.AsyncClient, url: str, n: int) -> list[int]:
-    items = [
-        {"from_station_id": 2 * i + 1, "to_station_id": 2 * i + 2, "qty": 1, "reason": "t"} for i in range(n)
-    ]
-    response = await client.post(f"{url}/suggestions", json=items)
-    assert response.status_code == 201, response.text
-    ids: list[int] = response.json()["ids"]
-    return ids
-
-
-async def approve(client: httpx.AsyncClient, url: str, suggestion_ids: list[int]) -> list[dict[str, Any]]:
-    response = await client.post(f"{url}/tasks/approve", json={"suggestion_ids": suggestion_ids})
-    assert response.status_code == 200, response.text
-    tasks: list[dict[str, Any]] = response.json()["tasks"]
-    assert len(tasks) == len(suggestion_ids)
-    return tasks
-
-
-async def metric(client: httpx.AsyncClient, url: str, line: str) -> float:
-    text = (await client.get(f"{url}/metrics")).text
-    match = re.search(rf"^{re.escape(line)} (\S+)$", text, re.MULTILINE)
-    return 0.0 if match is None else float(match[1])
-
-
-async def until_waiting(client: httpx.AsyncClient, url: str, n: int) -> None:
-    """Until n long-polls sleep in that process's dispatcher."""
-
-    async def waiting() -> bool:
-        return await metric(client, url, "baywheels_dispatch_waiters") == n
-
-    await until(waiting, within=15)
 
 
 async def start(*servers: LiveServer) -> None:
@@ -69,28 +41,11 @@ async def stop(*servers: LiveServer) -> None:
     await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers))
 
 
-async def raw_post(port: int, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    """POST over a connection of its own. Hundreds of concurrent long-polls are cheap this way (an httpx
-    client's pool spends more than a second handing out 200 responses); cancelling closes the socket."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        data = json.dumps(body).encode()
-        writer.write(
-            b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (path.encode(), len(data), data)
-        )
-        response = await reader.read()  # to the end: the server closes after answering
-    finally:
-        writer.close()
-    head, _, payload = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), json.loads(payload)
-
-
 class DatabaseLoad(msgspec.Struct, frozen=True):
     xact_commit: int
-    # (pid, query_start) of each service backend except the reaper's: a new query changes query_start.
+    # (pid, query_start) of each service backend except the maintenance leader's: a new query changes it.
     queries: frozenset[tuple[int, Any]]
-    reaper_pids: tuple[int, ...]
+    leader_pids: tuple[int, ...]
 
 
 async def database_load(server_dsn: str, name: str) -> DatabaseLoad:
@@ -100,7 +55,7 @@ async def database_load(server_dsn: str, name: str) -> DatabaseLoad:
     try:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         xact_commit = await conn.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", name)
-        reapers = await reaper_lock_holders(conn, name)
+        leaders = await maintenance_lock_holders(conn, name)
         rows = await conn.fetch(
             "SELECT pid, query_start FROM pg_stat_activity "
             "WHERE datname = $1 AND application_name = 'baywheels'",
@@ -110,13 +65,13 @@ async def database_load(server_dsn: str, name: str) -> DatabaseLoad:
         await conn.close()
     return DatabaseLoad(
         xact_commit=xact_commit,
-        queries=frozenset((r["pid"], r["query_start"]) for r in rows if r["pid"] not in reapers),
-        reaper_pids=reapers,
+        queries=frozenset((r["pid"], r["query_start"]) for r in rows if r["pid"] not in leaders),
+        leader_pids=leaders,
     )
 
 
-async def reaper_lock_holders(conn: asyncpg.Connection, name: str) -> tuple[int, ...]:
-    """Backends holding the reaper's advisory lock in that database."""
+async def maintenance_lock_holders(conn: asyncpg.Connection, name: str) -> tuple[int, ...]:
+    """Backends holding the maintenance loop's advisory lock in that database."""
     rows = await conn.fetch(
         "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
         "AND database = (SELECT oid FROM pg_database WHERE datname = $1)",
@@ -130,15 +85,15 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": str(interval)})
     await start(server)
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
-            suggestions = await ingest(client, server.url, waiters)
+        async with server.client() as client:
+            suggestions = await suggest_many(client, waiters)
             polls = [
                 asyncio.ensure_future(
                     raw_post(server.port, "/dispatch/next", {"worker_id": f"w{i}", "wait_seconds": 10})
                 )
                 for i in range(waiters)
             ]
-            await until_waiting(client, server.url, waiters)
+            await until_waiting(client, waiters)
 
             before = await database_load(server_dsn, dbname(database_url))
             started = time.monotonic()
@@ -147,20 +102,20 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
             window = time.monotonic() - started
 
             commits = after.xact_commit - before.xact_commit
-            # The reaper's two statements per tick, over the window plus the up-to-a-second delay with which a
-            # backend reports its statistics, and some slack: far below one query per waiter.
+            # Maintenance's two statements per tick, over the window plus the up-to-a-second delay with which
+            # a backend reports its statistics, and some slack: far below one query per waiter.
             bound = 2 * math.ceil((window + 1.5) / interval) + 10
             print(
                 f"\n{waiters} idle long-pollers, {window:.2f} s window: xact_commit {before.xact_commit} -> "
-                f"{after.xact_commit} (+{commits}, bound {bound}; reaper every {interval} s)"
+                f"{after.xact_commit} (+{commits}, bound {bound}; maintenance every {interval} s)"
             )
             assert commits <= bound
-            assert len(before.reaper_pids) == 1
-            # Nothing but the reaper started a query: the waiters' pool connections and the listener sat idle.
+            assert len(before.leader_pids) == 1
+            # Only maintenance started a query: the waiters' pool connections and the listener sat idle.
             assert after.queries == before.queries
             assert not any(poll.done() for poll in polls)
 
-            tasks = await approve(client, server.url, suggestions)
+            tasks = await approve_many(client, suggestions)
             approved = time.monotonic()
             answers = await asyncio.gather(*polls)
             print(
@@ -172,7 +127,7 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
             bodies = [body for _, body in answers]
             assert sorted(b["id"] for b in bodies) == sorted(t["id"] for t in tasks)
             assert sorted(b["worker_id"] for b in bodies) == sorted(f"w{i}" for i in range(waiters))
-            await until_waiting(client, server.url, 0)
+            await until_waiting(client, 0)
     finally:
         await stop(server)
 
@@ -180,8 +135,8 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
 async def test_waiter_whose_client_hangs_up_takes_no_task(
     live_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
-        (suggestion,) = await ingest(client, live_server.url, 1)
+    async with live_server.client() as client:
+        (suggestion,) = await suggest_many(client, 1)
         reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
         body = b'{"worker_id": "gone", "wait_seconds": 30}'
         writer.write(
@@ -189,15 +144,15 @@ async def test_waiter_whose_client_hangs_up_takes_no_task(
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         await writer.drain()
-        await until_waiting(client, live_server.url, 1)
+        await until_waiting(client, 1)
 
         writer.close()
         await writer.wait_closed()
         # The server notices the hang-up and forgets the waiter long before its 30 s are over.
-        await until_waiting(client, live_server.url, 0)
+        await until_waiting(client, 0)
         assert await reader.read() == b""  # nothing was ever sent back
 
-        (task,) = await approve(client, live_server.url, [suggestion])
+        (task,) = await approve_many(client, [suggestion])
         later = await client.post("/dispatch/next", json={"worker_id": "second", "wait_seconds": 5})
 
     assert later.status_code == 200
@@ -211,14 +166,14 @@ async def test_waiter_whose_client_hangs_up_takes_no_task(
 
 async def test_wake_up_latency_over_real_http(live_server: LiveServer) -> None:
     latencies = []
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
-        suggestions = await ingest(client, live_server.url, 5)
+    async with live_server.client() as client:
+        suggestions = await suggest_many(client, 5)
         for i, suggestion in enumerate(suggestions):
             waiting = asyncio.ensure_future(
                 raw_post(live_server.port, "/dispatch/next", {"worker_id": f"w{i}", "wait_seconds": 10})
             )
-            await until_waiting(client, live_server.url, 1)
-            (task,) = await approve(client, live_server.url, [suggestion])
+            await until_waiting(client, 1)
+            (task,) = await approve_many(client, [suggestion])
             approved = time.perf_counter()
             status, body = await waiting
             latencies.append((time.perf_counter() - approved) * 1000)
@@ -239,17 +194,18 @@ async def test_two_instances_hand_out_every_task_exactly_once(
     name = dbname(database_url)
     observer = await asyncpg.connect(server_dsn)
     try:
-        # The first instance started leads the reaper; the second waits to take over.
+        # The first instance started leads the maintenance loop; the second waits to take over.
         await start(servers[0])
 
         async def led() -> bool:
-            return bool(await reaper_lock_holders(observer, name))
+            return bool(await maintenance_lock_holders(observer, name))
 
         await until(led)
-        leader = await reaper_lock_holders(observer, name)
+        leader = await maintenance_lock_holders(observer, name)
         await start(servers[1])
-        async with httpx.AsyncClient(timeout=30) as client:
-            suggestions = await ingest(client, servers[0].url, total)
+        async with servers[0].client() as first, servers[1].client() as second:
+            clients = (first, second)
+            suggestions = await suggest_many(first, total)
             received: list[tuple[int, dict[str, Any]]] = []
             progress = asyncio.Condition()
             done = asyncio.Event()
@@ -270,43 +226,36 @@ async def test_two_instances_hand_out_every_task_exactly_once(
                 for instance in range(2)
                 for i in range(per_instance)
             ]
-            await asyncio.gather(*(until_waiting(client, s.url, per_instance) for s in servers))
+            await asyncio.gather(*(until_waiting(client, per_instance) for client in clients))
 
             lock_samples = []
             for burst in range(bursts):
                 # Alternate instances: one instance's approval must wake the other's waiters too.
                 chunk = suggestions[burst * burst_size : (burst + 1) * burst_size]
-                await approve(client, servers[burst % 2].url, chunk)
+                await approve_many(clients[burst % 2], chunk)
                 handed_out = (burst + 1) * burst_size
                 async with asyncio.timeout(20), progress:
                     await progress.wait_for(lambda: len(received) >= handed_out)  # noqa: B023 (awaited here)
-                lock_samples.append(await reaper_lock_holders(observer, name))
+                lock_samples.append(await maintenance_lock_holders(observer, name))
             done.set()
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
             assert all(s.process is not None and s.process.poll() is None for s in servers)
-            await asyncio.gather(*(until_waiting(client, s.url, 0) for s in servers))
+            await asyncio.gather(*(until_waiting(client, 0) for client in clients))
 
         by_instance = Counter(instance for instance, _ in received)
         print(
             f"\n{total} tasks in {bursts} bursts to 2 x {per_instance} long-pollers: handed out by instance "
-            f"{dict(by_instance)}; reaper lock holders per burst {lock_samples}"
+            f"{dict(by_instance)}; maintenance lock holders per burst {lock_samples}"
         )
         # Every task exactly once, and the database agrees with what each worker was told.
         bodies = [body for _, body in received]
         assert len(bodies) == total
         assert len({b["id"] for b in bodies}) == total
-        rows = await pool.fetch("SELECT id, status, worker_id, lease_id FROM tasks")
-        assert {(r["id"], r["status"], r["worker_id"], str(r["lease_id"])) for r in rows} == {
-            (b["id"], "assigned", b["worker_id"], b["lease_id"]) for b in bodies
-        }
-        assignments = await pool.fetch("SELECT task_id, worker_id FROM task_events WHERE event = 'assigned'")
-        assert sorted((r["task_id"], r["worker_id"]) for r in assignments) == sorted(
-            (b["id"], b["worker_id"]) for b in bodies
-        )
+        await assert_assigned_as_told(pool, bodies)
         assert set(by_instance) == {0, 1}
-        # One reaper at a time, though both instances run one: the first one's, throughout.
+        # One leader at a time, though both instances run the loop: the first one's, throughout.
         assert lock_samples == [leader] * bursts
 
         # Half the leases run out with both instances up: each of those tasks is rescued exactly once.
@@ -316,10 +265,10 @@ async def test_two_instances_hand_out_every_task_exactly_once(
         # The leader goes away; the other instance takes the lock over and rescues the rest.
         await stop(servers[0])
         await expire_and_wait_for_rescue(pool, second_half)
-        new_leader = await reaper_lock_holders(observer, name)
+        new_leader = await maintenance_lock_holders(observer, name)
         assert len(new_leader) == 1
         assert new_leader != leader
-        print(f"reaper lock: {leader} while both ran, then {new_leader} after the first instance stopped")
+        print(f"maintenance lock: {leader} while both ran, then {new_leader} once the first had stopped")
 
         rescued = await pool.fetch(
             "SELECT t.status, t.attempts, count(e.id) AS expiries FROM tasks t "
@@ -335,10 +284,7 @@ async def test_two_instances_hand_out_every_task_exactly_once(
 
 
 async def expire_and_wait_for_rescue(pool: asyncpg.Pool, task_ids: list[int]) -> None:
-    await pool.execute(
-        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = ANY($1::bigint[])",
-        task_ids,
-    )
+    await expire_leases(pool, *task_ids)
 
     async def rescued() -> bool:
         held = await pool.fetchval(
@@ -351,14 +297,13 @@ async def expire_and_wait_for_rescue(pool: asyncpg.Pool, task_ids: list[int]) ->
 
 async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_worker(database_url: str) -> None:
     """Worker A takes a task with a one-second lease and goes silent. Nothing but time passes: the server's
-    reaper takes the task back once the lease has run out, counting the attempt, worker B is dispatched the
-    same task, A's late completion under its old lease is refused and B's goes through."""
+    maintenance loop takes the task back once the lease has run out, counting the attempt, worker B is
+    dispatched the same task, A's late completion under its old lease is refused and B's goes through."""
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": "0.05"})
     await start(server)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            (suggestion,) = await ingest(client, server.url, 1)
-            (task,) = await approve(client, server.url, [suggestion])
+        async with server.client() as client:
+            (task,) = await make_tasks(client, 1)
             task_id = task["id"]
             response = await client.post("/dispatch/next", json={"worker_id": "A", "lease_seconds": 1})
             first = json_of(response, 200)
@@ -373,7 +318,7 @@ async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_work
                 return statuses[-1] == "ready"
 
             await until(ready_again, within=10)
-            # Held by A until the reaper took it back: no other state in between.
+            # Held by A until the maintenance loop took it back: no other state in between.
             assert set(statuses[:-1]) <= {"assigned"}
             rescued = json_of(await client.get(f"/task/{task_id}"), 200)
             assert (rescued["status"], rescued["attempts"], rescued["worker_id"], rescued["lease_id"]) == (

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
+from helpers import metric, until
 
 HEAD_BYTES, HEAD_COUNT, READ_TIMEOUT = 2048, 20, 1.0
 LIMITS = {
@@ -74,21 +75,20 @@ def request_head(path: str = "/healthz", *extra: str) -> bytes:
     return "\r\n".join([f"GET {path} HTTP/1.1", "Host: test", *extra, "", ""]).encode()
 
 
-async def metric(server: LiveServer, line: str) -> float:
-    """The value of one sample of /metrics, 0 when it has none yet."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as client:
-        text = (await client.get("/metrics")).text
-    found = re.search(rf"^{re.escape(line)} (\S+)$", text, flags=re.MULTILINE)
-    return float(found[1]) if found else 0.0
+async def server_metric(server: LiveServer, line: str) -> float:
+    """The value of one sample of the server's /metrics, 0 when it has none yet."""
+    async with server.client() as client:
+        return await metric(client, line)
 
 
 async def until_metric(server: LiveServer, line: str, value: float) -> None:
-    """Until the server has counted it (polling another process's state under a deadline)."""
-    async with asyncio.timeout(PATIENCE):
-        while True:
-            if await metric(server, line) >= value:
-                return
-            await asyncio.sleep(0.02)
+    """Until the server has counted it."""
+    async with server.client() as client:
+
+        async def counted() -> bool:
+            return await metric(client, line) >= value
+
+        await until(counted, within=PATIENCE)
 
 
 def log_lines(server: LiveServer) -> list[dict[str, object]]:
@@ -161,13 +161,13 @@ async def test_a_body_sent_too_slowly_gets_408(server: LiveServer, connect: Conn
     assert json.loads(body) == {"detail": f"Request body not received within {READ_TIMEOUT:g} s"}
     assert re.fullmatch(r"[0-9a-f]{32}", headers["x-request-id"])  # answered by the app, like any other
     sample = 'baywheels_http_requests_total{method="POST",route="/suggestions",status="408"}'
-    assert await metric(server, sample) == 1
-    assert await metric(server, 'baywheels_http_limited_total{limit="body_timeout"}') == 1
+    assert await server_metric(server, sample) == 1
+    assert await server_metric(server, 'baywheels_http_limited_total{limit="body_timeout"}') == 1
 
 
 async def test_a_long_poll_is_not_cut_by_the_body_timeout(server: LiveServer) -> None:
     """Once the body is in, waiting for a task may take longer than REQUEST_BODY_TIMEOUT."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as client:
+    async with server.client() as client:
         response = await client.post("/dispatch/next", json={"worker_id": "van-7", "wait_seconds": 2.5})
     assert (response.status_code, response.json()) == (
         404,
@@ -188,7 +188,7 @@ async def test_a_client_leaving_mid_body_is_499_logged_once_without_traceback(
         writer.close()
     sample = 'baywheels_http_requests_total{method="POST",route="/suggestions",status="%s"}'
     await until_metric(server, sample % 499, 3)
-    assert await metric(server, sample % 500) == 0
+    assert await server_metric(server, sample % 500) == 0
     logged = log_lines(server)
     left = [line for line in logged if line["event"] == "client_disconnected"]
     assert [(line["level"], line["path"]) for line in left] == [("info", "/suggestions")] * 3
@@ -215,7 +215,7 @@ async def test_slow_clients_are_cut_and_do_not_starve_a_normal_client(
     slow = [await connect(server) for _ in range(50)]
     for _, writer in slow:
         writer.write(b"POST /dispatch/next HTTP/1.1\r\nHo")
-    async with httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as client:
+    async with server.client() as client:
         response = await client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
     answers = await asyncio.gather(*(answer(reader) for reader, _ in slow))

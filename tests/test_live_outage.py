@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from conftest import LiveServer
-from helpers import until
+from helpers import approve_many, suggest_many, until
 from proxy import Proxy
 
 RETRY_AFTER = "7"
@@ -19,14 +19,6 @@ NOT_READY = {"detail": "Database unavailable"}
 
 def answer(response: httpx.Response) -> tuple[int, str | None, Any]:
     return response.status_code, response.headers.get("retry-after"), response.json()
-
-
-async def ingest(client: httpx.AsyncClient, pairs: range) -> list[int]:
-    items = [{"from_station_id": i, "to_station_id": i + 1000, "qty": 1, "reason": "t"} for i in pairs]
-    response = await client.post("/suggestions", json=items)
-    assert response.status_code == 201, response.text
-    ids: list[int] = response.json()["ids"]
-    return ids
 
 
 async def test_database_outage_answers_503_then_recovers_by_itself(database_url: str) -> None:
@@ -39,11 +31,9 @@ async def test_database_outage_answers_503_then_recovers_by_itself(database_url:
     # In a thread: the proxy runs on this event loop and must forward while the server starts.
     await asyncio.to_thread(server.start)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            suggestions = await ingest(client, range(1, 4))
-            response = await client.post("/tasks/approve", json={"suggestion_ids": suggestions[:2]})
-            assert response.status_code == 200
-            first, second = (t["id"] for t in response.json()["tasks"])
+        async with server.client() as client:
+            suggestions = await suggest_many(client, 3)
+            first, second = (t["id"] for t in await approve_many(client, suggestions[:2]))
             response = await client.post("/dispatch/next", json={"worker_id": "w1"})
             assert (response.status_code, response.json()["id"]) == (200, first)
 
@@ -111,8 +101,8 @@ async def test_no_free_connection_answers_503_after_pool_acquire_timeout(
     server = LiveServer(database_url, env=env)
     await asyncio.to_thread(server.start)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
-            await ingest(client, range(1, 3))
+        async with server.client() as client:
+            await suggest_many(client, 2)
             async with pool.acquire() as conn, conn.transaction():
                 # Every pool connection is taken by a request stuck behind this lock.
                 await conn.execute("LOCK TABLE suggestions IN ACCESS EXCLUSIVE MODE")

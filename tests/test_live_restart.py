@@ -2,34 +2,22 @@
 whether the database is external or the embedded PostgreSQL that `make run` starts under DATA_DIR."""
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
-from conftest import LiveServer, free_port
+from conftest import LiveServer
+from helpers import Json, approve_many, dispatch, ingest, item
 
 
-async def arrange(client: httpx.AsyncClient) -> dict[str, Any]:
+async def arrange(client: httpx.AsyncClient) -> Json:
     """Three suggestions: two approved, one of those dispatched. Returns the task dispatched."""
-    items = [
-        {"from_station_id": 10 + i, "to_station_id": 20 + i, "qty": 3, "reason": f"r{i}", "priority": i}
-        for i in range(3)
-    ]
-    response = await client.post("/suggestions", json=items)
-    assert response.status_code == 201, response.text
-    ids = response.json()["ids"]
-    response = await client.post("/tasks/approve", json={"suggestion_ids": ids[:2]})
-    assert response.status_code == 200, response.text
-    response = await client.post("/dispatch/next", json={"worker_id": "van-7"})
-    assert response.status_code == 200, response.text
-    task: dict[str, Any] = response.json()
+    ingested = await ingest(client, [item(10 + i, 20 + i, reason=f"r{i}", priority=i) for i in range(3)])
+    await approve_many(client, ingested["ids"][:2])
+    task = await dispatch(client, "van-7")
     assert (task["status"], task["worker_id"]) == ("assigned", "van-7")
     return task
 
@@ -47,7 +35,7 @@ async def state(client: httpx.AsyncClient, task_id: int) -> dict[str, Any]:
 
 
 async def test_data_survives_a_restart(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with live_server.client() as client:
         task = await arrange(client)
         before = await state(client, task["id"])
     assert len(before["suggestions"]) == 1
@@ -55,14 +43,9 @@ async def test_data_survives_a_restart(live_server: LiveServer) -> None:
     assert (other["status"], other["worker_id"]) == ("ready", None)
     assert next(t for t in before["tasks"] if t["id"] == task["id"]) == task
 
-    process = live_server.process
-    assert process is not None
-    process.send_signal(signal.SIGTERM)
-    assert await asyncio.to_thread(process.wait, 15) == 0
-    live_server.process = None
-
+    assert await asyncio.to_thread(live_server.stop, signal.SIGTERM) == 0
     await asyncio.to_thread(live_server.start)
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with live_server.client() as client:
         assert await state(client, task["id"]) == before
         # And it carries on from there: the other task is still there to dispatch, the first is not.
         response = await client.post("/dispatch/next", json={"worker_id": "van-8"})
@@ -70,51 +53,15 @@ async def test_data_survives_a_restart(live_server: LiveServer) -> None:
         assert response.json()["id"] == other["id"]
 
 
-class Serve:
-    """`baywheels serve` as `make run` starts it: no DATABASE_URL, migrations on, the data under DATA_DIR."""
+def as_make_run_starts_it(data_dir: Path) -> LiveServer:
+    """`baywheels serve` as `make run` starts it: no DATABASE_URL, migrations on, the data under DATA_DIR.
+    Away from the checkout, so no .env file there can supply a DATABASE_URL."""
+    env = {"DATA_DIR": str(data_dir), "LOG_LEVEL": "warning"}
+    return LiveServer(None, env=env, cwd=data_dir.parent)
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-        env |= {"DATA_DIR": str(data_dir), "ACCESS_LOG": "false", "LOG_LEVEL": "warning"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "baywheels", "serve", "--port", str(self.port)],
-            env=env,
-            # Away from the checkout, so no .env file there can supply a DATABASE_URL.
-            cwd=data_dir.parent,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"baywheels serve exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)  # polling another process for readiness, with a deadline
-        self.process.kill()
-        raise RuntimeError("baywheels serve did not become ready")
-
-    def postmaster_pid(self) -> int:
-        return int((self.data_dir / "pg" / "postmaster.pid").read_text().split()[0])
-
-    def stop(self, sig: signal.Signals) -> int:
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+def postmaster_pid(data_dir: Path) -> int:
+    return int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
 
 
 def running(pid: int) -> bool:
@@ -126,31 +73,31 @@ def running(pid: int) -> bool:
 
 async def test_embedded_postgres_starts_stops_with_the_service_and_keeps_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = Serve(data_dir)
+    first = as_make_run_starts_it(data_dir)
     try:
         # The first start runs initdb.
-        await asyncio.to_thread(first.wait_ready, 180)
-        async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
+        await asyncio.to_thread(first.start, 180)
+        async with first.client() as client:
             task = await arrange(client)
             before = await state(client, task["id"])
-        postgres = first.postmaster_pid()
+        postgres = postmaster_pid(data_dir)
         assert running(postgres)
     finally:
         # Ctrl-C: the service shuts down, then stops the PostgreSQL it started.
-        code = await asyncio.to_thread(first.stop, signal.SIGINT)
+        code = await asyncio.to_thread(first.stop, signal.SIGINT, 60)
     assert code == 0
     assert not running(postgres)
     assert not (data_dir / "pg" / "postmaster.pid").exists()
 
-    second = Serve(data_dir)
+    second = as_make_run_starts_it(data_dir)
     try:
-        await asyncio.to_thread(second.wait_ready, 120)
-        async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
+        await asyncio.to_thread(second.start, 120)
+        async with second.client() as client:
             assert await state(client, task["id"]) == before
-        postgres = second.postmaster_pid()
+        postgres = postmaster_pid(data_dir)
     finally:
         # SIGTERM (a service manager's stop) cleans up just the same.
-        code = await asyncio.to_thread(second.stop, signal.SIGTERM)
+        code = await asyncio.to_thread(second.stop, signal.SIGTERM, 60)
     assert code == 0
     assert not running(postgres)
     assert not (data_dir / "pg" / "postmaster.pid").exists()

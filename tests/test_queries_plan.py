@@ -1,6 +1,6 @@
 """Query plans on real statistics. Dispatch reads the head of tasks_ready_idx, so its cost does not grow with
 the history of completed tasks; a call on one task finds it by id, even on statistics taken before a burst of
-assignments; the reaper reads the lease index. A regression here (a changed ORDER BY, a dropped index, a
+assignments; lease rescue reads the lease index. A regression here (a changed ORDER BY, a dropped index, a
 partial index whose predicate a point lookup implies) shows up as a scan of a whole table or index."""
 
 import json

@@ -3,7 +3,7 @@ arithmetic, refused changes answered in one statement, the schema's state constr
 over separate connections.
 
 Time is controlled, never waited for: the state changes take the clock (``now=``), so a test says when a
-call happens; the reaper's rescue reads the database's clock, so a lease "runs out" when the test moves
+call happens; lease rescue reads the database's clock, so a lease "runs out" when the test moves
 lease_expires_at into the past."""
 
 import asyncio
@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from baywheels import queries
 from baywheels.models import Task
-from helpers import until
+from helpers import expire_leases, until
 
 MAX_ATTEMPTS = 5
 
@@ -31,12 +31,6 @@ async def make_tasks(pool: asyncpg.Pool, n: int) -> list[Task]:
         n,
     )
     return await queries.task_approve_many(pool, [row["id"] for row in ids])
-
-
-async def expire_lease(pool: asyncpg.Pool, task_id: int) -> None:
-    await pool.execute(
-        "UPDATE tasks SET lease_expires_at = now() - interval '1 second' WHERE id = $1", task_id
-    )
 
 
 async def events(pool: asyncpg.Pool, task_id: int) -> list[tuple[str, str | None, str | None]]:
@@ -70,7 +64,7 @@ async def test_expired_lease_goes_back_to_ready_for_another_worker(pool: asyncpg
     first = await dispatch(pool, "w1")
     assert first.lease_id is not None
 
-    await expire_lease(pool, task.id)
+    await expire_leases(pool, task.id)
     rescued = await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000)
 
     assert [(t.id, t.status, t.attempts, t.worker_id, t.lease_id) for t in rescued] == [
@@ -99,7 +93,7 @@ async def test_rescue_leaves_unexpired_leases_alone(pool: asyncpg.Pool) -> None:
     await make_tasks(pool, 2)
     held = await dispatch(pool, "w1")
     expiring = await dispatch(pool, "w2")
-    await expire_lease(pool, expiring.id)
+    await expire_leases(pool, expiring.id)
 
     rescued = await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000)
 
@@ -154,7 +148,7 @@ async def test_expired_lease_at_max_attempts_dead_letters_the_task(pool: asyncpg
     (task,) = await make_tasks(pool, 1)
     for attempt in range(1, 4):
         await dispatch(pool, f"w{attempt}")
-        await expire_lease(pool, task.id)
+        await expire_leases(pool, task.id)
         (rescued,) = await queries.task_rescue_expired(pool, 3, 1000)
         assert rescued.attempts == attempt
 
@@ -176,7 +170,7 @@ async def test_expired_lease_after_pickup_stalls_the_task(pool: asyncpg.Pool) ->
     # Again: nothing changes (the handler answers the holder's repeat with this task).
     assert refused(await queries.task_pickup(pool, task.id, "w1", held.lease_id)) == picked
 
-    await expire_lease(pool, task.id)
+    await expire_leases(pool, task.id)
     (rescued,) = await queries.task_rescue_expired(pool, MAX_ATTEMPTS, 1000)
 
     # Not re-offered: the bikes are on w1's van.
