@@ -24,7 +24,7 @@ import pytest
 
 from baywheels import db, settings
 from baywheels.app import create_app
-from helpers import in_process
+from helpers import embedded_postgres_dir, in_process
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,7 +51,7 @@ def _docker_answers() -> bool:
 
 
 @pytest.fixture(scope="session")
-def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server_dsn() -> Iterator[str]:
     """A DSN for a database on the server (its default database) with the right to CREATE DATABASE."""
     if dsn := os.environ.get("TEST_DATABASE_URL"):
         yield dsn
@@ -63,11 +63,12 @@ def server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     else:
         from baywheels.embedded import EmbeddedPostgres
 
-        server = EmbeddedPostgres(tmp_path_factory.mktemp("pg"), delete_on_stop=True)
-        try:
-            yield server.dsn()
-        finally:
-            server.stop()
+        with embedded_postgres_dir() as folder:
+            server = EmbeddedPostgres(folder, delete_on_stop=True)
+            try:
+                yield server.dsn()
+            finally:
+                server.stop()
 
 
 async def _admin(dsn: str, *statements: str) -> None:

@@ -5,8 +5,10 @@ import asyncio
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -303,3 +305,12 @@ async def until(condition: Callable[[], Awaitable[bool]], within: float = 15) ->
     async with asyncio.timeout(within):
         while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
             await asyncio.sleep(0.005)
+
+
+@contextmanager
+def embedded_postgres_dir() -> Iterator[Path]:
+    """A folder for an embedded PostgreSQL, outside pytest's /tmp/pytest-of-<user>: another pytest starting
+    meanwhile resets that folder's mode (and prunes old runs), which locks out the server's own system user
+    (embedded-postgres runs the server as one when we are root)."""
+    with tempfile.TemporaryDirectory(prefix="baywheels-test-pg-") as folder:
+        yield Path(folder)

@@ -6,7 +6,6 @@ import asyncio
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
 import httpx
@@ -15,7 +14,7 @@ import pytest
 from baywheels import db
 from baywheels.embedded import EmbeddedPostgres
 from conftest import LiveServer
-from helpers import until
+from helpers import embedded_postgres_dir, until
 
 RETRY_AFTER = "1"
 RESTARTS = 3
@@ -24,12 +23,13 @@ TASKS = 20_000
 
 
 @pytest.fixture
-def own_postgres(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "pg", delete_on_stop=True)
-    try:
-        yield server
-    finally:
-        server.stop()
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    with embedded_postgres_dir() as folder:
+        server = EmbeddedPostgres(folder, delete_on_stop=True)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

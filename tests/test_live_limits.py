@@ -106,7 +106,7 @@ async def test_too_many_headers_is_431(server: LiveServer, connect: Connect) -> 
     # Answered in the app's place, so logged and counted like any other answer, with its request id.
     request_id = headers["x-request-id"]
     sample = 'baywheels_http_requests_total{method="GET",route="unmatched",status="431"}'
-    assert await metric(server, sample) == 1
+    assert await server_metric(server, sample) == 1
     [logged] = [line for line in log_lines(server) if line.get("status") == 431]
     assert (logged["event"], logged["path"], logged["request_id"]) == ("request", "/healthz", request_id)
     # At the limit, the request is served.
