@@ -1,5 +1,5 @@
-"""The SDK (``baywheels.client``) against a real ``baywheels serve`` over real HTTP: a worker's heartbeats keep
-a short lease alive while it works, a dispatch whose answer is lost on the way gets the same task on its
+"""The SDK (``baywheels.client``) against a real ``baywheels serve`` over real HTTP: a worker's heartbeats
+keep a short lease alive while it works, a dispatch whose answer is lost on the way gets the same task on its
 retry, an exception fails the task with its message, cancellation gives it back, an operator's cancel stops
 the work with ``LeaseLost``, a 503 is retried after its ``Retry-After``; the blocking facade and the
 ``baywheels worker`` command do the same through the same code."""
@@ -9,7 +9,6 @@ import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
-import asyncpg
 import pytest
 
 from baywheels.client import LeaseLost, MLEngine, Operator, Retry, SuggestionIn, Task, Worker
@@ -101,10 +100,16 @@ async def test_a_dispatch_whose_answer_is_lost_is_retried_with_the_same_key_and_
 async def test_an_exception_in_the_block_fails_the_task_with_its_message(server: LiveServer) -> None:
     (made,) = await make_tasks(server.url, 1)
     async with Worker(server.url, None, "van-1") as worker, Operator(server.url) as operator:
-        with pytest.raises(RuntimeError, match="dock jammed at 12"):
+        taken: list[int] = []
+
+        async def jammed() -> None:
             async with worker.next_task(wait=5) as task:
-                assert task.id == made.id
+                taken.append(task.id)
                 raise RuntimeError("dock jammed at 12")
+
+        with pytest.raises(RuntimeError, match="dock jammed at 12"):
+            await jammed()
+        assert taken == [made.id]
         final = await operator.task(made.id)
         # TASK_RETRY_BACKOFF_SECONDS=0: ready again at once, the attempt counted, the message kept.
         assert (final.status, final.attempts, final.last_error) == ("ready", 1, "dock jammed at 12")
@@ -137,10 +142,14 @@ async def test_cancelling_the_block_releases_the_task(server: LiveServer) -> Non
 async def test_an_operators_cancel_stops_the_work_with_lease_lost(server: LiveServer) -> None:
     (made,) = await make_tasks(server.url, 1)
     async with Worker(server.url, None, "van-1", lease_seconds=1) as worker, Operator(server.url) as operator:
-        with pytest.raises(LeaseLost) as lost:
+
+        async def canceled_midway() -> None:
             async with worker.next_task(wait=5) as task:
                 await operator.cancel(task.id, "station closed")
                 await asyncio.Event().wait()  # only the lost lease ends this
+
+        with pytest.raises(LeaseLost) as lost:
+            await canceled_midway()
         assert (lost.value.task_id, lost.value.status) == (made.id, 409)
         assert "'canceled'" in lost.value.detail
         assert (await operator.task(made.id)).status == "canceled"

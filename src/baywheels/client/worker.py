@@ -208,6 +208,8 @@ class Claim:
             else:  # cancelled, interrupted, exiting: the task goes back for another worker at once
                 reason = f"worker stopped ({type(exc).__name__})"
                 self._task = await self._worker.release(task, reason, retry=SHUTDOWN_RETRY)
+        except LeaseLost:
+            pass  # no longer ours anyway (its lease ran out while the block ran)
         except ClientError as error:
             # The block's own exception matters more; an unfinished task comes back when its lease runs out.
             log.warning("could not give back task %s: %s", task.id, error)
