@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test check fmt migrate bench bench-quick lock clean
+.PHONY: help install run demo test check fmt migrate bench bench-quick lock clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,16 @@ install: $(INSTALLED) ## Create .venv and install the pinned dependencies
 
 run: install ## Migrate and serve on http://127.0.0.1:8000 (embedded PostgreSQL unless DATABASE_URL is set)
 	$(BIN)/baywheels serve
+
+# The day needs a service with no open work, so the demo's embedded PostgreSQL starts afresh under .data-demo/
+# each time (DATABASE_URL, if set, is used as it is). SPEED=60 is an hour a minute.
+DEMO_PORT ?= 8000
+SPEED ?= 60
+demo: install ## The service and a simulated day against it (ML engine, operator, vans); Ctrl-C stops both
+	@if [ -z "$$DATABASE_URL" ]; then rm -rf .data-demo; fi
+	@DATA_DIR=.data-demo PORT=$(DEMO_PORT) ACCESS_LOG=false $(BIN)/baywheels serve & server=$$!; \
+	  trap 'kill $$server 2>/dev/null; wait $$server' EXIT INT TERM; \
+	  $(BIN)/baywheels simulate --url http://127.0.0.1:$(DEMO_PORT) --speed $(SPEED) --wait-ready 120
 
 migrate: install ## Apply pending migrations (DATABASE_URL, or the embedded server under .data/)
 	$(BIN)/baywheels migrate
@@ -56,4 +66,4 @@ lock: install ## Re-resolve requirements*.lock from pyproject.toml
 	done
 
 clean: ## Remove the virtual environment and the embedded database's data
-	rm -rf $(VENV) .data
+	rm -rf $(VENV) .data .data-demo

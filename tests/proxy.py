@@ -1,6 +1,7 @@
 """A TCP proxy in front of PostgreSQL that a test can take down and bring back on the same port: the service
 sees its database vanish (connections cut, new ones refused) and return, without the database itself
-restarting."""
+restarting. In front of an HTTP service it can also drop one answer: ``cut_next_response`` lets the request
+through and cuts the connection instead of forwarding what comes back."""
 
 import asyncio
 import contextlib
@@ -11,7 +12,9 @@ class Proxy:
     """Listens on 127.0.0.1 and forwards each connection to PostgreSQL, over TCP or its unix socket."""
 
     def __init__(self, database_url: str) -> None:
+        """``database_url``: a PostgreSQL DSN, or an ``http://host:port`` URL for an HTTP service."""
         self._upstream = database_url
+        self._cut_next = False
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -42,6 +45,11 @@ class Proxy:
         await self._server.wait_closed()
         self._server = None
 
+    def cut_next_response(self) -> None:
+        """The next bytes coming back from upstream, on any connection, are dropped and that connection cut
+        (both sides): the request arrived and was served, its answer never does."""
+        self._cut_next = True
+
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         parts = urlsplit(self._upstream)
         params = dict(parse_qsl(parts.query))
@@ -64,7 +72,7 @@ class Proxy:
             self._writers.add(server_writer)
             pipes = [
                 asyncio.ensure_future(self._pipe(client_reader, server_writer)),
-                asyncio.ensure_future(self._pipe(server_reader, client_writer)),
+                asyncio.ensure_future(self._pipe(server_reader, client_writer, upstream=True)),
             ]
             # Either side closing ends the pair: the other side is cut too.
             await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
@@ -79,9 +87,13 @@ class Proxy:
                 self._writers.discard(writer)
             self._handlers.discard(handler)
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool = False
+    ) -> None:
         with contextlib.suppress(OSError):
             while data := await reader.read(65536):
+                if upstream and self._cut_next:
+                    self._cut_next = False
+                    return  # ends the pair: both sides are cut
                 writer.write(data)
                 await writer.drain()

@@ -1,6 +1,8 @@
 """The house's layer rules, read from the source's imports: a change that breaks one fails here, not in
-review. Handlers hold no SQL, queries know nothing of HTTP, models know neither HTTP nor the database, and
-settings import nothing of ours."""
+review. Handlers hold no SQL, queries know nothing of HTTP, models know neither HTTP nor the database,
+settings import nothing of ours, and the clients (``client/``, ``simulate/``) know the service only by its
+public API: of ours they import the models and each other, never the server's layers; the server never
+imports them."""
 
 import ast
 import re
@@ -70,6 +72,39 @@ def test_settings_import_nothing_of_ours() -> None:
     assert not reaches(imports(PACKAGE / "settings.py"), "baywheels")
 
 
+CLIENT_SIDE = ("baywheels.client", "baywheels.simulate")
+
+
+@pytest.mark.parametrize(
+    "path", [*modules("client/*.py"), *modules("simulate/*.py")], ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_the_clients_use_the_public_api_only(path: Path) -> None:
+    found = imports(path)
+    ours = {name for name in found if reaches({name}, "baywheels")}
+    beyond = {
+        n for n in ours if not any(reaches({n}, allowed) for allowed in ("baywheels.models", *CLIENT_SIDE))
+    }
+    assert beyond == set(), "the clients speak HTTP to the service: no db, queries, handlers, app..."
+    for layer in ("starlette", "asyncpg", "uvicorn"):
+        assert not reaches(found, layer), layer
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        p
+        for p in modules("**/*.py")
+        if p.relative_to(PACKAGE).parts[0] not in ("client", "simulate", "cli.py")
+    ],
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_the_service_does_not_import_the_clients(path: Path) -> None:
+    # cli.py imports them inside the `worker` and `simulate` commands only, which need the client extra.
+    found = imports(path)
+    for client in (*CLIENT_SIDE, "httpx"):
+        assert not reaches(found, client), client
+
+
 def test_the_rules_can_fail() -> None:
     # The checks above would pass vacuously if relative imports were misread or SQL went unrecognised.
     assert SQL_TEXT.match("SELECT * FROM tasks WHERE id = $1")
@@ -77,3 +112,5 @@ def test_the_rules_can_fail() -> None:
     assert not SQL_TEXT.match("With `worker_id`, only the holder may complete the task")
     assert "baywheels.queries" in imports(PACKAGE / "handlers" / "tasks.py")
     assert "baywheels.settings" in imports(PACKAGE / "db.py")
+    assert "baywheels.models" in imports(PACKAGE / "client" / "worker.py")
+    assert "baywheels.client.errors" in imports(PACKAGE / "client" / "worker.py")

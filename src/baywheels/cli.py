@@ -1,4 +1,5 @@
-"""``baywheels``: serve the API, migrate the database, print a query."""
+"""``baywheels``: serve the API, migrate the database, print a query; and, as clients of a running service, a
+command-line worker and a simulated day."""
 
 import argparse
 import asyncio
@@ -7,7 +8,7 @@ import os
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -80,6 +81,35 @@ def migrate(settings: config.Settings) -> None:
             server.stop()
 
 
+ClientCommand = Callable[[argparse.Namespace], int]
+
+
+def _client_commands(
+    commands: "argparse._SubParsersAction[argparse.ArgumentParser]",
+) -> dict[str, ClientCommand]:
+    """``worker`` and ``simulate``, which need the client extra (httpx); without it they say so."""
+    try:
+        from .client import commands as client_commands
+        from .simulate import command as simulate_command
+    except ModuleNotFoundError as exc:
+        if exc.name != "httpx":
+            raise
+        missing = "needs the client extra: pip install 'baywheels[client]'"
+        for name in ("worker", "simulate"):
+            commands.add_parser(name, help=missing, add_help=False).add_argument(
+                "rest", nargs=argparse.REMAINDER
+            )
+
+        def unavailable(args: argparse.Namespace) -> int:
+            print(f"baywheels {args.command} {missing}", file=sys.stderr)
+            return 2
+
+        return {"worker": unavailable, "simulate": unavailable}
+    client_commands.add_worker_command(commands)
+    simulate_command.add_command(commands)
+    return {"worker": client_commands.worker, "simulate": simulate_command.simulate}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="baywheels", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("migrate", help="apply pending migrations and exit")
     sql_cmd = commands.add_parser("sql", help="print a named query (for psql), or list them")
     sql_cmd.add_argument("name", nargs="?", help="query name; omit to list all")
+    clients = _client_commands(commands)
     args = parser.parse_args(argv)
+    if args.command in clients:
+        return int(clients[args.command](args))
 
     if args.command == "sql":
         if args.name is None:

@@ -1,0 +1,56 @@
+"""The ML engine: posts its view of the stations as suggestions, in batches the service accepts."""
+
+import typing
+from collections.abc import Iterator, Sequence
+
+import msgspec
+
+from ..models import IngestResult, SuggestionBatch, SuggestionIn
+from .base import BaseClient
+
+# The service's own limit on a batch (POST /suggestions), read from the model it validates with.
+BATCH_MAX: int = next(m.max_length for m in typing.get_args(SuggestionBatch)[1:] if m.max_length)
+# The service's default MAX_BODY_BYTES (10 MiB); a service configured lower needs ``max_bytes`` to match.
+BODY_MAX = 10 * 1024 * 1024
+
+
+class MLEngine(BaseClient):
+    """The ML engine's calls. ``post_suggestions`` splits a view of any size into batches within the service's
+    limits (``batch_size`` items, ``max_bytes`` of JSON) and posts them in order, so the last item for a
+    station pair still wins; each batch is its own transaction."""
+
+    async def post_suggestions(
+        self, items: Sequence[SuggestionIn], *, batch_size: int = BATCH_MAX, max_bytes: int = BODY_MAX
+    ) -> IngestResult:
+        """The batches' results added up: ``ids`` is aligned with ``items`` (None for an item skipped because
+        its pair has an open task)."""
+        if not 1 <= batch_size <= BATCH_MAX:
+            raise ValueError(f"batch_size must be 1..{BATCH_MAX}")
+        encoded = [msgspec.json.encode(item) for item in items]
+        created = updated = duplicates = 0
+        ids: list[int | None] = []
+        for chunk in _chunks(encoded, batch_size, max_bytes):
+            # Safe to resend after a lost answer: a pending suggestion of the same pair is updated in place.
+            result = await self.call(
+                "POST", "/suggestions", IngestResult, body=[msgspec.Raw(b) for b in chunk]
+            )
+            created += result.created
+            updated += result.updated
+            duplicates += result.duplicates
+            ids += result.ids
+        return IngestResult(created=created, updated=updated, duplicates=duplicates, ids=ids)
+
+
+def _chunks(encoded: list[bytes], batch_size: int, max_bytes: int) -> Iterator[list[bytes]]:
+    chunk: list[bytes] = []
+    size = 2  # the brackets
+    for item in encoded:
+        if chunk and (len(chunk) == batch_size or size + len(item) + 1 > max_bytes):
+            yield chunk
+            chunk, size = [], 2
+        if size + len(item) > max_bytes:
+            raise ValueError(f"one suggestion is larger than {max_bytes} bytes of JSON")
+        chunk.append(item)
+        size += len(item) + 1
+    if chunk:
+        yield chunk
