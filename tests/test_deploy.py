@@ -30,6 +30,7 @@ def one(kind: str) -> dict[str, Any]:
 
 
 def container(kind: str) -> dict[str, Any]:
+    only: dict[str, Any]
     (only,) = one(kind)["spec"]["template"]["spec"]["containers"]
     return only
 
@@ -66,7 +67,7 @@ def test_pods_read_the_configmap_and_the_secret() -> None:
 
 def test_probes_hit_real_routes_on_the_served_port() -> None:
     app = create_app(settings.Settings(database_url="postgresql://unused@localhost/unused"))
-    gets = {route.path for route in app.routes if "GET" in (getattr(route, "methods", None) or ())}
+    gets = {getattr(route, "path", None) for route in app.routes if "GET" in getattr(route, "methods", ())}
     serve = container("Deployment")
     (port,) = serve["ports"]
     assert port["containerPort"] == int(one("ConfigMap")["data"]["PORT"])
