@@ -1,7 +1,8 @@
-"""A TCP proxy in front of PostgreSQL that a test can take down and bring back on the same port: the service
-sees its database vanish (connections cut, new ones refused) and return, without the database itself
-restarting. In front of an HTTP service it can also drop one answer: ``cut_next_response`` lets the request
-through and cuts the connection instead of forwarding what comes back."""
+"""TCP relays for tests. A proxy in front of PostgreSQL that a test can take down and bring back on the same
+port: the service sees its database vanish (connections cut, new ones refused) and return, without the
+database itself restarting. In front of an HTTP service it can also drop one answer: ``cut_next_response``
+lets the request through and cuts the connection instead of forwarding what comes back. And a round-robin
+balancer in front of several service instances."""
 
 import asyncio
 import contextlib
@@ -97,3 +98,29 @@ class Proxy:
                     return  # ends the pair: both sides are cut
                 writer.write(data)
                 await writer.drain()
+
+
+class Balancer(Proxy):
+    """Round-robin over service instances on 127.0.0.1: each client connection goes to the next instance that
+    accepts it (one that refuses, stopped or restarting, is skipped, as a balancer's health check would), and
+    is cut when that instance closes it. ``ports`` may be changed while it runs (a rolling restart)."""
+
+    def __init__(self, ports: list[int]) -> None:
+        super().__init__("http://127.0.0.1")  # the upstream is chosen per connection below
+        self.ports = list(ports)
+        self._turn = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        ports = list(self.ports)
+        self._turn += 1
+        refused: OSError | None = None
+        for n in range(len(ports)):
+            try:
+                return await asyncio.open_connection("127.0.0.1", ports[(self._turn + n) % len(ports)])
+            except OSError as exc:
+                refused = exc
+        raise refused or OSError("no instance to balance over")

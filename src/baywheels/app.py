@@ -11,7 +11,7 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, metrics, openapi, protocol
+from . import db, logs, metrics, openapi, protocol, shutdown
 from . import settings as config
 from .dispatcher import Dispatcher
 from .endpoints import FixedPathsFirst
@@ -26,7 +26,9 @@ from .state import STATE_KEY, AppState
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
+    """``serving``: under uvicorn in a process of its own, where SIGTERM drains the dispatcher first
+    (shutdown.py); not in tests that run the app in-process."""
     db.dsn(settings)  # fails here, not at start-up, when there is none
 
     @asynccontextmanager
@@ -38,14 +40,24 @@ def create_app(settings: Settings) -> Starlette:
         listener.subscribe(dispatcher)
         await listener.start()
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
+        restore_signals = shutdown.drain_on_signals(dispatcher) if serving else None
         try:
             yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher)}
         finally:
+            if restore_signals is not None:
+                restore_signals()
             maintenance.cancel()
             await asyncio.gather(maintenance, return_exceptions=True)
             await listener.stop()
-            await dispatcher.stop()
-            await pool.close()
+            # What is left of SHUTDOWN_GRACE_SECONDS once uvicorn has waited for the requests: half for the
+            # statements in flight (tasks given back), half for the pool, then its connections are cut.
+            cleanup = settings.shutdown_cleanup_seconds / 2
+            await dispatcher.stop(within=cleanup)
+            try:
+                await asyncio.wait_for(pool.close(), cleanup)
+            except TimeoutError:
+                pool.terminate()
+                log.warning("pool_terminated", after_seconds=cleanup)
             log.info("pool_closed")
 
     routes = [
@@ -88,6 +100,6 @@ def from_environment() -> Starlette:
     settings = config.load()
     logs.configure(settings.log_level, settings.log_format)
     protocol.configure(settings)
-    app = create_app(settings)
+    app = create_app(settings, serving=True)
     serving_gc()
     return app

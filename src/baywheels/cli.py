@@ -39,7 +39,7 @@ def serve(settings: config.Settings, migrate: bool) -> None:
     assert settings.database_url is not None
     try:
         if migrate:
-            asyncio.run(db.migrate(settings.database_url))
+            asyncio.run(db.migrate(db.session_dsn(settings)))  # a session lock: not through a pooler
         base = f"http://{settings.host}:{settings.port}"
         print(f"Bay Wheels dispatch service on {base}  (API docs: {base}/docs, {base}/redoc)", flush=True)
         run = functools.partial(
@@ -51,10 +51,12 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             log_config=None,
             access_log=False,
             server_header=False,
+            # The rest of SHUTDOWN_GRACE_SECONDS is the lifespan's, to close the pool (app.py).
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds - settings.shutdown_cleanup_seconds,
         )
         protocol.configure(settings)
         if settings.workers == 1:
-            app = create_app(settings)
+            app = create_app(settings, serving=True)
             serving_gc()
             run(app)
         else:
@@ -74,7 +76,7 @@ def migrate(settings: config.Settings) -> None:
     settings, server = _database(settings)
     assert settings.database_url is not None
     try:
-        applied = asyncio.run(db.migrate(settings.database_url))
+        applied = asyncio.run(db.migrate(db.session_dsn(settings)))  # a session lock: not through a pooler
         print(f"applied {applied}" if applied else "database is up to date")
     finally:
         if server is not None:

@@ -27,6 +27,20 @@ def dsn(settings: Settings) -> str:
     return settings.database_url
 
 
+def session_dsn(settings: Settings) -> str:
+    """The DSN of the connections that need a session of their own (LISTEN, advisory locks): straight to
+    PostgreSQL when DATABASE_URL is a transaction pooler."""
+    return settings.direct_database_url or dsn(settings)
+
+
+def pool_server_settings(settings: Settings) -> dict[str, str]:
+    """PgBouncer refuses a start-up parameter it does not know (``jit``): behind it, the database's own
+    setting applies (``ALTER DATABASE ... SET jit = off``, docs/operations.md)."""
+    if settings.behind_pooler:
+        return {"application_name": SERVER_SETTINGS["application_name"]}
+    return SERVER_SETTINGS
+
+
 class DatabaseUnreachable(asyncpg.ClientCannotConnectError):
     """No connection could be opened: refused, unreachable, or the host's name did not resolve. The OS says so
     with many OSError kinds (ConnectionRefusedError, socket.gaierror, a plain OSError for EHOSTUNREACH or for
@@ -168,7 +182,11 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,
-        server_settings=SERVER_SETTINGS,
+        server_settings=pool_server_settings(settings),
+        # Behind a transaction pooler consecutive transactions may run on different server connections,
+        # where a named prepared statement would not exist: asyncpg then uses only the unnamed statement,
+        # parsed and executed in one exchange (it flushes, never syncs, between the two).
+        statement_cache_size=0 if settings.behind_pooler else 100,
         connect=connect,
         reset=_keep_session,
     )

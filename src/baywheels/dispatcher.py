@@ -54,10 +54,24 @@ class Dispatcher:
         self._seq = itertools.count()
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
+        self._draining = False
 
     # Lifecycle
 
-    async def stop(self) -> None:
+    def drain(self) -> int:
+        """The instance is shutting down (SIGTERM): sleeping long-polls are answered now, as if their wait had
+        ended (404: the client asks again, through the balancer, another instance), and none sleeps from now
+        on. Statements in flight and queued requests still run and get their answers. Returns how many
+        sleepers were answered."""
+        self._draining = True
+        sleepers, self._sleeping = self._sleeping, []
+        self._sleepers_changed()
+        for waiter in sleepers:
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+        return len(sleepers)
+
+    async def stop(self, within: float | None = None) -> None:
         self._closing = True
         for waiter in [*self._queue, *self._sleeping]:
             if not waiter.future.done():
@@ -67,7 +81,8 @@ class Dispatcher:
         self._sleepers_changed()
         # Statements in flight finish, so a task they assign is not left without its answer being logged.
         if self._background:
-            await asyncio.wait(list(self._background), timeout=self._settings.db_command_timeout)
+            limit = self._settings.db_command_timeout if within is None else within
+            await asyncio.wait(list(self._background), timeout=limit)
 
     # Requests
 
@@ -211,7 +226,7 @@ class Dispatcher:
                     self._spawn(self._give_back(task))
             elif task is not None:
                 waiter.future.set_result(task)
-            elif waiter.deadline <= now:
+            elif waiter.deadline <= now or self._draining:
                 waiter.future.set_result(None)
             elif self._notifications != seen:
                 again.append(waiter)  # a task became ready while we looked: look again

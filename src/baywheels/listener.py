@@ -41,7 +41,7 @@ class Subscriber(Protocol):
 class Listener:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._dsn = db.dsn(settings)
+        self._dsn = db.session_dsn(settings)  # not through a transaction pooler
         self._subscribers: list[Subscriber] = []
         self._conn: asyncpg.Connection | None = None
         self._reconnecting: asyncio.Task[None] | None = None

@@ -114,7 +114,7 @@ def default_jobs(settings: Settings) -> list[Job]:
 class Maintenance:
     def __init__(self, settings: Settings, jobs: list[Job]) -> None:
         self._settings = settings
-        self._dsn = db.dsn(settings)
+        self._dsn = db.session_dsn(settings)  # not through a transaction pooler
         self.jobs = jobs
         # When this process last heard from the database (time.monotonic()), and whether it lost it since:
         # together they date an outage.

@@ -72,6 +72,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # connection, and a maintenance loop (only one leads); /metrics adds up all of them.
     workers: Annotated[int, Meta(ge=1, le=64)] = 1
 
+    # Deployment: several instances, PgBouncer, graceful shutdown (docs/operations.md).
+    # A session-level connection (straight to PostgreSQL) for the LISTEN connection and the maintenance loop's
+    # advisory lock, which do not work through a transaction pooler. Setting it says DATABASE_URL is such a
+    # pooler (PgBouncer, pool_mode = transaction): the pool then prepares no named statements.
+    direct_database_url: DatabaseUrl | None = None
+    # Seconds from SIGTERM to exit: waiting long-polls are answered at once, requests in flight get this long
+    # less a reserve for closing the pool (a quarter of it, 1 to 5 s).
+    shutdown_grace_seconds: Annotated[int, Meta(ge=2, le=3600)] = 20
+
     def __post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:
             raise ValueError("POOL_MIN_SIZE must not exceed POOL_MAX_SIZE")
@@ -79,6 +88,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(
                 "DISPATCH_CONCURRENCY must be below POOL_MAX_SIZE, leaving connections for the rest"
             )
+
+    @property
+    def behind_pooler(self) -> bool:
+        """DATABASE_URL is a transaction pooler: see ``direct_database_url``."""
+        return self.direct_database_url is not None
+
+    @property
+    def shutdown_cleanup_seconds(self) -> int:
+        """The part of SHUTDOWN_GRACE_SECONDS kept for the lifespan's end (statements, then the pool)."""
+        return max(1, min(5, self.shutdown_grace_seconds // 4))
 
     @property
     def safe_database_url(self) -> str:
@@ -118,7 +137,7 @@ def _settings(raw: dict[str, object]) -> Settings:
         if match:
             name = match[1].upper()
             message = message[: match.start()]
-            if name == "DATABASE_URL":  # may carry a password: never echoed
-                raise SettingsError("invalid DATABASE_URL: not a postgresql:// or postgres:// URL") from None
+            if name in ("DATABASE_URL", "DIRECT_DATABASE_URL"):  # may carry a password: never echoed
+                raise SettingsError(f"invalid {name}: not a postgresql:// or postgres:// URL") from None
             raise SettingsError(f"invalid {name}={raw.get(match[1])!r}: {message}") from None
         raise SettingsError(f"invalid settings: {message}") from None
