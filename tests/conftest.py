@@ -22,7 +22,7 @@ import pytest
 
 from baywheels import db, settings
 from baywheels.app import create_app
-from helpers import in_process
+from helpers import ADMIN_KEY, AUTH_ENV, in_process
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -114,7 +114,13 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def service_settings(database_url: str) -> settings.Settings:
-    return msgspec.structs.replace(settings.load({}), database_url=database_url, access_log=False)
+    return msgspec.structs.replace(
+        settings.load({}),
+        database_url=database_url,
+        access_log=False,
+        admin_api_key=ADMIN_KEY,
+        rate_limit_admin="1000000/second",
+    )
 
 
 @pytest.fixture
@@ -146,7 +152,7 @@ class LiveServer:
 
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
-        env = {**os.environ, "DATABASE_URL": self.database_url, "ACCESS_LOG": "false", **self.env}
+        env = {**os.environ, "DATABASE_URL": self.database_url, "ACCESS_LOG": "false", **AUTH_ENV, **self.env}
         log = None if self.log_path is None else self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "baywheels", "serve", "--no-migrate", "--port", str(self.port)],

@@ -44,10 +44,20 @@ TASK_KEYS = frozenset(
 SUGGESTION_KEYS = frozenset(
     {"id", "from_station_id", "to_station_id", "qty", "reason", "priority", "not_before", "created_at"}
 )
-EVENT_KEYS = frozenset({"event", "worker_id", "detail", "at"})
+EVENT_KEYS = frozenset({"event", "worker_id", "detail", "at", "actor"})
 INGEST_KEYS = frozenset({"created", "updated", "duplicates", "ids"})
 
 Json = dict[str, Any]
+
+# The tests' admin credential (ADMIN_API_KEY): the API tests speak as an admin unless they test who may do
+# what, with a budget no test's burst reaches (the rate-limit tests set their own).
+ADMIN_KEY = "test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+AUTH_ENV = {"ADMIN_API_KEY": ADMIN_KEY, "RATE_LIMIT_ADMIN": "1000000/second"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def item(
@@ -147,10 +157,11 @@ async def wait_for_lock_waiters(pool: asyncpg.Pool, count: int, within: float = 
 
 @asynccontextmanager
 async def in_process_with_state(
-    app: Starlette, request_timeout: float = 5.0
+    app: Starlette, request_timeout: float = 5.0, headers: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
     """The app with its lifespan running, spoken to over ASGI, and the lifespan's state. httpx's transport
-    runs no lifespan, so each request gets a copy of that state here, as uvicorn gives it."""
+    runs no lifespan, so each request gets a copy of that state here, as uvicorn gives it. The client speaks
+    as the tests' admin unless given other ``headers``."""
     async with app.router.lifespan_context(app) as lifespan_state:
         state = dict(lifespan_state or {})
 
@@ -159,7 +170,10 @@ async def in_process_with_state(
 
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", timeout=request_timeout
+            transport=transport,
+            base_url="http://testserver",
+            timeout=request_timeout,
+            headers=ADMIN if headers is None else headers,
         ) as client:
             yield client, state
 

@@ -32,6 +32,7 @@ TINY = replace(
     sustained_duration=2,
     sustained_connections=4,
     sustained_backlog=10_000,
+    auth_connections=4,
 )
 
 ROWS = [
@@ -58,6 +59,7 @@ ROWS = [
     "wake-up, approve sent -> worker answered",
     "first 1 s -> last 1 s, dispatches/s",
     "ready-index blocks per dispatch, first -> last",
+    "AUTH=off -> on, dispatches/s",
 ]
 
 
@@ -83,8 +85,9 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "complete",
         "longpoll",
         "sustained",
+        "auth",
     }
-    assert len(report["invariants"]) == 12
+    assert len(report["invariants"]) == 14
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
     table = report["table"]
     assert table in printed
@@ -101,7 +104,14 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "complete",
         "longpoll",
         "sustained",
+        "auth",
     }
+    # Authentication's cost is measured: both runs answered, and the ratio is reported.
+    cost = report["results"]["auth"]
+    assert cost["off"]["statuses"].get("200", 0) > 0
+    assert cost["on"]["statuses"].get("200", 0) > 0
+    assert set(cost["on"]["statuses"]) <= {"200", "404"}, cost["on"]["statuses"]
+    assert cost["on_over_off"] > 0
 
 
 def test_the_pgbench_script_is_the_dispatch_statement() -> None:
@@ -121,6 +131,7 @@ def test_the_pgbench_script_is_the_dispatch_statement() -> None:
         .replace(":lease", "$2")
         .replace("NULL::text", "$3::text")
         .replace("NULL::timestamptz", "$4::timestamptz")
+        .replace("'bench'::text", "$5::text")
     )
     assert restored.strip() == statement.strip()
 

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
+from helpers import ADMIN
 
 TASKS = 500
 DISPATCHERS = 64
@@ -113,7 +114,7 @@ async def test_concurrent_dispatchers_get_every_task_exactly_once(
     dispatch_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
     live_server = dispatch_server
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         approved = await ready_tasks(client, TASKS)
     conns = await asyncio.gather(*(Connection.open(live_server) for _ in range(DISPATCHERS)))
 
@@ -163,7 +164,7 @@ async def test_concurrent_dispatchers_get_every_task_exactly_once(
         (b["id"], b["worker_id"]) for b in received
     )
     # /metrics counts every worker process's dispatches, whichever process answers it.
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         assert await dispatched_total(client) == TASKS
 
 
@@ -171,7 +172,7 @@ async def test_racing_approvals_of_one_suggestion_make_one_task(
     live_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
     suggestions, racers = 10, 20
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         suggestion_ids = await ingest(client, suggestions)
     # Connections opened beforehand, so the racing requests leave at once.
     conns = await asyncio.gather(*(Connection.open(live_server) for _ in range(racers)))

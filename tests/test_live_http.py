@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
+from helpers import ADMIN
 
 LIMIT = 1024
 TOO_LARGE = {"detail": f"Request body exceeds the limit of {LIMIT} bytes"}
@@ -44,7 +45,7 @@ async def chunks(body: bytes, size: int = 100) -> AsyncIterator[bytes]:
 
 async def test_body_over_the_limit_is_refused_413(server: LiveServer) -> None:
     assert len(SMALL) < LIMIT < len(LARGE)
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30) as client:
         response = await client.post("/suggestions", content=LARGE, headers=JSON)
         assert (response.status_code, response.json()) == (413, TOO_LARGE)
 
@@ -79,7 +80,7 @@ async def test_content_length_over_the_limit_is_refused_before_the_body_is_sent(
 
 
 async def test_request_id_is_echoed_or_made_up(server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30) as client:
         for method, path, status in [("GET", "/healthz", 200), ("GET", "/task/1", 404)]:
             response = await client.request(method, path, headers={"X-Request-ID": "abc-123.4:5_6"})
             assert (response.status_code, response.headers["x-request-id"]) == (status, "abc-123.4:5_6")
@@ -98,7 +99,7 @@ async def test_request_id_is_echoed_or_made_up(server: LiveServer) -> None:
 
 
 async def test_malformed_json_is_400(server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30) as client:
         cases = [
             ("/suggestions", b"not json", "JSON is malformed: invalid character (byte 4)"),
             ("/suggestions", b'[{"from_station_id": 1,', "Input data was truncated"),

@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from conftest import LiveServer
-from helpers import json_of, until
+from helpers import ADMIN, json_of, until
 
 REAPER_LOCK = "hashtext('baywheels.reaper')"
 
@@ -130,7 +130,7 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": str(interval)})
     await start(server)
     try:
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, timeout=30) as client:
             suggestions = await ingest(client, server.url, waiters)
             polls = [
                 asyncio.ensure_future(
@@ -180,7 +180,7 @@ async def test_idle_long_pollers_put_no_load_on_the_database(database_url: str, 
 async def test_waiter_whose_client_hangs_up_takes_no_task(
     live_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         (suggestion,) = await ingest(client, live_server.url, 1)
         reader, writer = await asyncio.open_connection("127.0.0.1", live_server.port)
         body = b'{"worker_id": "gone", "wait_seconds": 30}'
@@ -211,7 +211,7 @@ async def test_waiter_whose_client_hangs_up_takes_no_task(
 
 async def test_wake_up_latency_over_real_http(live_server: LiveServer) -> None:
     latencies = []
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         suggestions = await ingest(client, live_server.url, 5)
         for i, suggestion in enumerate(suggestions):
             waiting = asyncio.ensure_future(
@@ -248,7 +248,7 @@ async def test_two_instances_hand_out_every_task_exactly_once(
         await until(led)
         leader = await reaper_lock_holders(observer, name)
         await start(servers[1])
-        async with httpx.AsyncClient(timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, timeout=30) as client:
             suggestions = await ingest(client, servers[0].url, total)
             received: list[tuple[int, dict[str, Any]]] = []
             progress = asyncio.Condition()
@@ -356,7 +356,7 @@ async def test_a_lease_that_runs_out_on_the_clock_hands_the_task_to_another_work
     server = LiveServer(database_url, env={"REAPER_INTERVAL_SECONDS": "0.05"})
     await start(server)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30) as client:
             (suggestion,) = await ingest(client, server.url, 1)
             (task,) = await approve(client, server.url, [suggestion])
             task_id = task["id"]

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
+from helpers import ADMIN
 
 HEAD_BYTES, HEAD_COUNT, READ_TIMEOUT = 2048, 20, 1.0
 LIMITS = {
@@ -75,7 +76,7 @@ def request_head(path: str = "/healthz", *extra: str) -> bytes:
 
 async def metric(server: LiveServer, line: str) -> float:
     """The value of one sample of /metrics, 0 when it has none yet."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=PATIENCE) as client:
         text = (await client.get("/metrics")).text
     found = re.search(rf"^{re.escape(line)} (\S+)$", text, flags=re.MULTILINE)
     return float(found[1]) if found else 0.0
@@ -160,7 +161,7 @@ async def test_a_body_sent_too_slowly_gets_408(server: LiveServer, connect: Conn
 
 async def test_a_long_poll_is_not_cut_by_the_body_timeout(server: LiveServer) -> None:
     """Once the body is in, waiting for a task may take longer than REQUEST_BODY_TIMEOUT."""
-    async with httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=PATIENCE) as client:
         response = await client.post("/dispatch/next", json={"worker_id": "van-7", "wait_seconds": 2.5})
     assert (response.status_code, response.json()) == (
         404,
@@ -208,7 +209,7 @@ async def test_slow_clients_are_cut_and_do_not_starve_a_normal_client(
     slow = [await connect(server) for _ in range(50)]
     for _, writer in slow:
         writer.write(b"POST /dispatch/next HTTP/1.1\r\nHo")
-    async with httpx.AsyncClient(base_url=server.url, timeout=PATIENCE) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=PATIENCE) as client:
         response = await client.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
     answers = await asyncio.gather(*(answer(reader) for reader, _ in slow))
@@ -248,7 +249,10 @@ async def test_beyond_max_connections_a_request_gets_503_json(
     # Once they leave, others are served again.
     for _, writer in holding:
         writer.close()
-    async with asyncio.timeout(PATIENCE), httpx.AsyncClient(base_url=capped_server.url) as client:
+    async with (
+        asyncio.timeout(PATIENCE),
+        httpx.AsyncClient(headers=ADMIN, base_url=capped_server.url) as client,
+    ):
         while (response := await client.get("/healthz", headers={"Connection": "close"})).status_code != 200:
             assert response.status_code == 503
             await asyncio.sleep(0.02)

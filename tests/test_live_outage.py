@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from conftest import LiveServer
-from helpers import until
+from helpers import ADMIN, until
 from proxy import Proxy
 
 RETRY_AFTER = "7"
@@ -39,7 +39,7 @@ async def test_database_outage_answers_503_then_recovers_by_itself(database_url:
     # In a thread: the proxy runs on this event loop and must forward while the server starts.
     await asyncio.to_thread(server.start)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30) as client:
             suggestions = await ingest(client, range(1, 4))
             response = await client.post("/tasks/approve", json={"suggestion_ids": suggestions[:2]})
             assert response.status_code == 200
@@ -111,7 +111,7 @@ async def test_no_free_connection_answers_503_after_pool_acquire_timeout(
     server = LiveServer(database_url, env=env)
     await asyncio.to_thread(server.start)
     try:
-        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30) as client:
             await ingest(client, range(1, 3))
             async with pool.acquire() as conn, conn.transaction():
                 # Every pool connection is taken by a request stuck behind this lock.

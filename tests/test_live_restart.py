@@ -14,6 +14,7 @@ import httpx
 import psutil
 
 from conftest import LiveServer, free_port
+from helpers import ADMIN, bearer
 
 
 async def arrange(client: httpx.AsyncClient) -> dict[str, Any]:
@@ -47,7 +48,7 @@ async def state(client: httpx.AsyncClient, task_id: int) -> dict[str, Any]:
 
 
 async def test_data_survives_a_restart(live_server: LiveServer) -> None:
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         task = await arrange(client)
         before = await state(client, task["id"])
     assert len(before["suggestions"]) == 1
@@ -62,7 +63,7 @@ async def test_data_survives_a_restart(live_server: LiveServer) -> None:
     live_server.process = None
 
     await asyncio.to_thread(live_server.start)
-    async with httpx.AsyncClient(base_url=live_server.url, timeout=30) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=live_server.url, timeout=30) as client:
         assert await state(client, task["id"]) == before
         # And it carries on from there: the other task is still there to dispatch, the first is not.
         response = await client.post("/dispatch/next", json={"worker_id": "van-8"})
@@ -76,7 +77,7 @@ class Serve:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "ADMIN_API_KEY"}}
         env |= {"DATA_DIR": str(data_dir), "ACCESS_LOG": "false", "LOG_LEVEL": "warning"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "baywheels", "serve", "--port", str(self.port)],
@@ -130,7 +131,11 @@ async def test_embedded_postgres_starts_stops_with_the_service_and_keeps_data(tm
     try:
         # The first start runs initdb.
         await asyncio.to_thread(first.wait_ready, 180)
-        async with httpx.AsyncClient(base_url=first.url, timeout=30) as client:
+        # A newcomer is not locked out: the first start made an admin key only this user can read.
+        key_file = data_dir / "admin-api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        admin = bearer(key_file.read_text().strip())
+        async with httpx.AsyncClient(headers=admin, base_url=first.url, timeout=30) as client:
             task = await arrange(client)
             before = await state(client, task["id"])
         postgres = first.postmaster_pid()
@@ -145,7 +150,9 @@ async def test_embedded_postgres_starts_stops_with_the_service_and_keeps_data(tm
     second = Serve(data_dir)
     try:
         await asyncio.to_thread(second.wait_ready, 120)
-        async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
+        # Keys exist now: no second bootstrap key.
+        assert bearer(key_file.read_text().strip()) == admin
+        async with httpx.AsyncClient(headers=admin, base_url=second.url, timeout=30) as client:
             assert await state(client, task["id"]) == before
         postgres = second.postmaster_pid()
     finally:

@@ -8,17 +8,20 @@ from contextlib import asynccontextmanager
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, metrics, openapi, protocol
+from . import db, logs, openapi, protocol
 from . import settings as config
+from .auth import Guard
 from .dispatcher import Dispatcher
 from .errors import EXCEPTION_HANDLERS
 from .handlers import ENDPOINTS
 from .listener import Listener
 from .maintenance import Maintenance, default_jobs
 from .middleware import RequestContext
+from .models import AUTH_OFF_WARNING
 from .settings import Settings
 from .state import STATE_KEY, AppState
 
@@ -32,13 +35,16 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, AppState]]:
         pool = await db.create_pool(settings)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
+        if not settings.auth_on:
+            log.warning("auth_off", detail=AUTH_OFF_WARNING)
+        guard = Guard(settings, pool)
         dispatcher = Dispatcher(pool, settings)
         listener = Listener(settings)
         listener.subscribe(dispatcher)
         await listener.start()
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
         try:
-            yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher)}
+            yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher, guard=guard)}
         finally:
             maintenance.cancel()
             await asyncio.gather(maintenance, return_exceptions=True)
@@ -49,25 +55,40 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [
         *(endpoint.route() for endpoint in ENDPOINTS),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.swagger_ui, methods=["GET"]),
         Route("/docs/init.js", openapi.swagger_init, methods=["GET"]),
         Route("/redoc", openapi.redoc, methods=["GET"]),
         Mount("/static/docs", StaticFiles(directory=openapi.assets_dir()), name="docs-assets"),
     ]
-    return Starlette(
-        routes=routes,
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[
+    middleware = [
+        Middleware(
+            RequestContext,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.request_body_timeout,
+            access_log=settings.access_log,
+        )
+    ]
+    if settings.cors_origin_list:
+        # A dashboard on another origin; preflights are answered here, before any credential is asked for.
+        middleware.append(
             Middleware(
-                RequestContext,
-                max_body_bytes=settings.max_body_bytes,
-                body_timeout=settings.request_body_timeout,
-                access_log=settings.access_log,
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+                expose_headers=[
+                    "X-Request-ID",
+                    "Retry-After",
+                    "RateLimit-Limit",
+                    "RateLimit-Remaining",
+                    "RateLimit-Reset",
+                ],
+                max_age=600,
             )
-        ],
-        lifespan=lifespan,
+        )
+    return Starlette(
+        routes=routes, exception_handlers=EXCEPTION_HANDLERS, middleware=middleware, lifespan=lifespan
     )
 
 

@@ -37,6 +37,7 @@ class Waiter:
     deadline: float
     seq: int
     future: asyncio.Future[Task | None] = field(repr=False)
+    actor: str | None = None
     abandoned: bool = False
 
 
@@ -71,12 +72,24 @@ class Dispatcher:
     # Requests
 
     async def next(
-        self, worker_id: str, lease_seconds: int, wait_seconds: float, key: str | None
+        self,
+        worker_id: str,
+        lease_seconds: int,
+        wait_seconds: float,
+        key: str | None,
+        actor: str | None = None,
     ) -> Task | None:
-        """The task assigned to this worker, or None when none was ready within ``wait_seconds``."""
+        """The task assigned to this worker, or None when none was ready within ``wait_seconds``. ``actor``
+        is recorded with the assignment."""
         loop = asyncio.get_running_loop()
         waiter = Waiter(
-            worker_id, lease_seconds, key, loop.time() + wait_seconds, next(self._seq), loop.create_future()
+            worker_id,
+            lease_seconds,
+            key,
+            loop.time() + wait_seconds,
+            next(self._seq),
+            loop.create_future(),
+            actor,
         )
         self._queue.append(waiter)
         self._pump()
@@ -176,7 +189,7 @@ class Dispatcher:
             task = results.get(index)
             if waiter.abandoned or waiter.future.done():
                 if task is not None:
-                    self._spawn(self._give_back(task))
+                    self._spawn(self._give_back(task, waiter.actor))
             elif task is not None:
                 waiter.future.set_result(task)
             elif waiter.deadline <= now:
@@ -195,24 +208,31 @@ class Dispatcher:
     async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
         if len(batch) > 1:
             return await queries.task_dispatch_many(
-                self._pool, [w.worker_id for w in batch], [w.lease_seconds for w in batch]
+                self._pool,
+                [w.worker_id for w in batch],
+                [w.lease_seconds for w in batch],
+                actors=[w.actor for w in batch],
             )
         waiter = batch[0]
         if waiter.key is None:
-            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, None)
+            task = await queries.task_dispatch(
+                self._pool, waiter.worker_id, waiter.lease_seconds, None, actor=waiter.actor
+            )
         else:
             # A racing retry with the same Idempotency-Key waits for this one, then gets the same task.
             async with self._pool.acquire() as conn, conn.transaction():
                 await queries.task_dispatch_key_lock(conn, waiter.worker_id, waiter.key)
-                task = await queries.task_dispatch(conn, waiter.worker_id, waiter.lease_seconds, waiter.key)
+                task = await queries.task_dispatch(
+                    conn, waiter.worker_id, waiter.lease_seconds, waiter.key, actor=waiter.actor
+                )
         return {} if task is None else {0: task}
 
-    async def _give_back(self, task: Task) -> None:
-        """The waiter left while its statement ran: hand the task straight back."""
+    async def _give_back(self, task: Task, actor: str | None) -> None:
+        """The waiter left while its statement ran: hand the task straight back (in its caller's name)."""
         assert task.worker_id is not None
         try:
             await queries.task_release(
-                self._pool, task.id, task.worker_id, task.lease_id, "client disconnected"
+                self._pool, task.id, task.worker_id, task.lease_id, "client disconnected", actor=actor
             )
         except Exception:
             # The lease still runs out, and the maintenance loop hands the task out again.

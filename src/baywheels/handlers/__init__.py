@@ -2,7 +2,7 @@
 gathered here for the app's routes and the OpenAPI document."""
 
 from ..endpoints import Endpoint
-from . import dispatch, health, operators, suggestions, tasks
+from . import dispatch, health, keys, operators, suggestions, tasks
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     *health.endpoints,
@@ -10,4 +10,5 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *tasks.endpoints,
     *dispatch.endpoints,
     *operators.endpoints,
+    *keys.endpoints,
 )
