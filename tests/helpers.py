@@ -179,9 +179,11 @@ async def in_process_with_state(
 
 
 @asynccontextmanager
-async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+async def in_process(
+    app: Starlette, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """As ``in_process_with_state``, for a test that needs only the client."""
-    async with in_process_with_state(app) as (client, _):
+    async with in_process_with_state(app, headers=headers) as (client, _):
         yield client
 
 

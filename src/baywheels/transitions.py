@@ -31,7 +31,9 @@ def decide(
     holder's repeats of a change that already went through (complete, pickup) get the task as it is. A
     caller bound to a worker (its key's) gets 404 for a task that is not that worker's, exactly as for one
     that does not exist, so ids cannot be probed."""
-    if result is None or (bound is not None and result.task.worker_id != bound):
+    # A change made by a bound caller was to its own task (its worker_id was in the statement's WHERE), even
+    # where the change cleared it (release, fail).
+    if result is None or (bound is not None and not result.changed and result.task.worker_id != bound):
         raise NotFound(f"Task with id {task_id} not found")
     task = result.task
     if result.changed or _repeat(action, task, worker_id, lease_id):
