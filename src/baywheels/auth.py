@@ -237,12 +237,17 @@ class Guard:
         pending = self._lookups.get(hashed)
         if pending is None:
             pending = self._lookups[hashed] = asyncio.ensure_future(self._judge(hashed, token))
-            pending.add_done_callback(lambda _: self._lookups.pop(hashed, None))
+            pending.add_done_callback(lambda done: self._looked_up(hashed, done))
         verdict = await asyncio.shield(pending)
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[hashed] = verdict
         return verdict
+
+    def _looked_up(self, hashed: bytes, done: "asyncio.Future[_Verdict]") -> None:
+        self._lookups.pop(hashed, None)
+        if not done.cancelled():
+            done.exception()  # retrieved: the requests that waited for it (if any still do) raise it
 
     async def _judge(self, hashed: bytes, token: str) -> _Verdict:
         until = time.monotonic() + self._ttl

@@ -86,6 +86,10 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             server.stop()
 
 
+class _NotWritten(Exception):
+    """Rolls the first admin key back: nobody could have read it."""
+
+
 def _write_secret(path: Path, token: str) -> None:
     """Created 0600 (no moment when others could read it), replacing an older file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +115,15 @@ async def _bootstrap(settings: config.Settings, path: Path) -> None:
                 return
             key, record = await auth.create_key(conn, "admin", None, "bootstrap", None, "bootstrap")
             # Before the commit: a key is never created that nobody could read.
-            _write_secret(path, key.token)
+            try:
+                _write_secret(path, key.token)
+            except OSError as exc:
+                # A read-only container, say: serve all the same; keys come from ADMIN_API_KEY or the CLI.
+                log.warning("admin_key_not_written", file=str(path), error=type(exc).__name__)
+                print(f"Could not write a first admin key to {path}: set ADMIN_API_KEY.", flush=True)
+                raise _NotWritten from None
+    except _NotWritten:
+        return
     finally:
         await conn.close()
     log.warning("admin_key_created", key_id=record.key_id, file=str(path))
