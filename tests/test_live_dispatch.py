@@ -40,6 +40,7 @@ class Connection:
         data = json.dumps(body).encode()
         self.writer.write(
             b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz\r\n"  # helpers.ADMIN
             b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
         )
         head = await self.reader.readuntil(b"\r\n\r\n")

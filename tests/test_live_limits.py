@@ -148,6 +148,7 @@ async def test_a_body_sent_too_slowly_gets_408(server: LiveServer, connect: Conn
     reader, writer = await connect(server)
     writer.write(
         b"POST /suggestions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz\r\n"  # helpers.ADMIN
         b"Content-Length: 100\r\n\r\n[{"
     )
     status, headers, body = await answer(reader)
@@ -176,6 +177,7 @@ async def test_a_client_leaving_mid_body_is_499_logged_once_without_traceback(
         _, writer = await connect(server)
         writer.write(
             b"POST /suggestions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz\r\n"  # helpers.ADMIN
             b'Content-Length: 1000\r\n\r\n[{"from_station_id": 1'
         )
         await writer.drain()
