@@ -1,6 +1,6 @@
-"""Rate limits per caller, with the `limits` library: a moving window per key (by role) and per client IP for
-requests without a valid token. Counters live in this process (memory://, checked synchronously: a few
-microseconds, no await) or in Redis (redis://, shared by every instance)."""
+"""Rate limits per caller, with the `limits` library (RATE_LIMIT_STRATEGY, a fixed window by default): per key
+(by role) and per client IP for requests without a valid token. Counters live in this process (memory://,
+checked synchronously: a few microseconds, no await) or in Redis (redis://, shared by every instance)."""
 
 import math
 import time
@@ -26,16 +26,18 @@ _WARN_EVERY = 10.0
 class RateLimiter:
     def __init__(self, settings: Settings) -> None:
         self._items = {kind: limits.parse_many(getattr(settings, f"rate_limit_{kind}")) for kind in KINDS}
-        self._memory: limits.strategies.MovingWindowRateLimiter | None = None
-        self._redis: limits.aio.strategies.MovingWindowRateLimiter | None = None
+        self._memory: limits.strategies.RateLimiter | None = None
+        self._redis: limits.aio.strategies.RateLimiter | None = None
         if settings.rate_limit_storage.startswith("memory://"):
-            self._memory = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
+            strategy = limits.strategies.STRATEGIES[settings.rate_limit_strategy]
+            self._memory = strategy(limits.storage.MemoryStorage())
         else:
             storage = limits.storage.storage_from_string(
                 f"async+{settings.rate_limit_storage}", implementation="redispy", key_prefix="baywheels"
             )
             assert isinstance(storage, limits.aio.storage.Storage)
-            self._redis = limits.aio.strategies.MovingWindowRateLimiter(storage)
+            # mypy reads the aio table's values as the abstract base; each is a concrete strategy.
+            self._redis = limits.aio.strategies.STRATEGIES[settings.rate_limit_strategy](storage)  # type: ignore[abstract]
         self._warned_at = -_WARN_EVERY
 
     @property

@@ -102,6 +102,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     rate_limit_metrics: RateLimit = "5/second"
     rate_limit_admin: RateLimit = "100/second"
     rate_limit_anonymous: RateLimit = "20/second"
+    # fixed-window (cheapest: a counter per key and window; a burst may reach twice the rate across a window's
+    # edge), sliding-window-counter (smoother, about twice the cost) or moving-window (exact, a timestamp per
+    # request: the costliest with many keys).
+    rate_limit_strategy: Literal["fixed-window", "sliding-window-counter", "moving-window"] = "fixed-window"
     # memory:// (each process counts alone) or redis://host:port/db (instances share one budget).
     rate_limit_storage: Annotated[str, Meta(pattern="^(memory://|rediss?://)")] = "memory://"
     # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's setting): comma-separated IPs
