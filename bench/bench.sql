@@ -102,3 +102,9 @@ SELECT xact_commit + xact_rollback AS xacts FROM pg_stat_database WHERE datname 
 
 -- name: bench_vacuum_analyze :exec
 VACUUM ANALYZE tasks;
+
+-- name: bench_api_key_insert :exec
+-- Worker keys for the auth scenario: ids $1, SHA-256 digests $2, worker ids $3 (as the service issues them).
+INSERT INTO api_keys (key_id, digest, role, worker_id, created_by)
+SELECT key_id, digest, 'worker', worker_id, 'bench'
+FROM unnest($1::text[], $2::bytea[], $3::text[]) AS k (key_id, digest, worker_id);

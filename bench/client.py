@@ -27,8 +27,9 @@ class Connection:
     async def open(cls, host: str, port: int) -> "Connection":
         return cls(*await asyncio.open_connection(host, port, limit=2**24))
 
-    def send(self, method: str, path: str, body: bytes | None = None) -> None:
-        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\n"
+    def send(self, method: str, path: str, body: bytes | None = None, extra: str = "") -> None:
+        """``extra``: more header lines, each ending in CRLF."""
+        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\n{extra}"
         if body is not None:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + (body or b""))
@@ -43,8 +44,10 @@ class Connection:
                 length = int(value)
         return status, await self.reader.readexactly(length)
 
-    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
-        self.send(method, path, body)
+    async def request(
+        self, method: str, path: str, body: bytes | None = None, extra: str = ""
+    ) -> tuple[int, bytes]:
+        self.send(method, path, body, extra)
         return await self.receive()
 
     async def close(self) -> None:
@@ -61,26 +64,31 @@ class _Task(msgspec.Struct):
 _decode_task = msgspec.json.Decoder(_Task).decode
 
 
-def _requests(mode: str, params: Sequence[str]) -> Iterator[tuple[str, str, bytes | None]]:
-    """What wrk.lua sends in each mode; ids are shared by all connections of this one process."""
+def _requests(mode: str, params: Sequence[str]) -> Iterator[tuple[str, str, bytes | None, str]]:
+    """What wrk.lua sends in each mode (method, path, body, more header lines); ids are shared by all
+    connections of this one process."""
     if mode == "healthz":
-        yield from itertools.repeat(("GET", "/healthz", None))
+        yield from itertools.repeat(("GET", "/healthz", None, ""))
     elif mode == "dispatch":
         wait = params[0] if params else "0"
         extra = f',"wait_seconds":{wait}' if wait != "0" else ""
         for n in itertools.count(1):
-            yield "POST", "/dispatch/next", f'{{"worker_id":"w0-{n}"{extra}}}'.encode()
+            yield "POST", "/dispatch/next", f'{{"worker_id":"w0-{n}"{extra}}}'.encode(), ""
+    elif mode == "dispatch_auth":
+        keys = Path(params[0]).read_text().split()
+        for key in itertools.cycle(keys):
+            yield "POST", "/dispatch/next", b"{}", f"Authorization: Bearer {key}\r\n"
     else:
         first, last = int(params[0]), int(params[1])
         size = int(params[2]) if len(params) > 2 else 1
         for start in range(first, last + 1, size):
             if mode == "approve":
-                yield "POST", "/task/approve", b'{"suggestion_id":%d}' % start
+                yield "POST", "/task/approve", b'{"suggestion_id":%d}' % start, ""
             elif mode == "approve_many":
                 ids = ",".join(map(str, range(start, min(start + size, last + 1))))
-                yield "POST", "/tasks/approve", f'{{"suggestion_ids":[{ids}]}}'.encode()
+                yield "POST", "/tasks/approve", f'{{"suggestion_ids":[{ids}]}}'.encode(), ""
             elif mode == "complete":
-                yield "POST", f"/task/{start}/complete", b"{}"
+                yield "POST", f"/task/{start}/complete", b"{}", ""
             else:
                 raise ValueError(f"unknown mode {mode}")
 
@@ -103,18 +111,18 @@ async def closed_loop(
             errors["connect"] += 1
             return
         try:
-            for method, path, body in requests:
+            for method, path, body, extra in requests:
                 if time.monotonic() >= deadline:
                     return
                 start = time.perf_counter()
                 try:
-                    status, payload = await conn.request(method, path, body)
+                    status, payload = await conn.request(method, path, body, extra)
                 except (OSError, asyncio.IncompleteReadError):
                     errors["read"] += 1
                     return
                 latencies.append(time.perf_counter() - start)
                 statuses[str(status)] += 1
-                if status == 200 and mode == "dispatch":
+                if status == 200 and mode in ("dispatch", "dispatch_auth"):
                     task = _decode_task(payload)
                     seen.append(f"{task.id} {task.worker_id}\n")
         finally:
@@ -140,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result, seen = uvloop.run(
         closed_loop("127.0.0.1", args.port, args.mode, args.connections, args.duration, args.params)
     )
-    if args.mode == "dispatch":
+    if args.mode in ("dispatch", "dispatch_auth"):
         Path(f"{args.out}.ids.0").write_text("".join(seen))
     args.out.write_bytes(msgspec.json.encode(result))
     return 0

@@ -23,6 +23,7 @@ class Config:
     sustained_window: float
     sustained_connections: int
     sustained_backlog: int  # at least; sized up from the ladder's rate
+    auth_connections: int  # dispatchers of the auth on/off comparison
     batch_size: int = 10_000
 
 
@@ -45,6 +46,7 @@ FULL = Config(
     sustained_window=30,
     sustained_connections=64,
     sustained_backlog=1_500_000,
+    auth_connections=64,
 )
 QUICK = Config(
     quick=True,
@@ -65,4 +67,5 @@ QUICK = Config(
     sustained_window=1,
     sustained_connections=16,
     sustained_backlog=30_000,
+    auth_connections=16,
 )

@@ -61,12 +61,17 @@ class Context:
         return self.templates[kind]
 
     @contextlib.asynccontextmanager
-    async def service(self, url: str, pool: int) -> AsyncIterator[Service]:
+    async def service(self, url: str, pool: int, env: dict[str, str] | None = None) -> AsyncIterator[Service]:
+        """The service on ``url``; with AUTH=off unless ``env`` says otherwise: the scenarios of record
+        measure the service's own work, as before authentication existed, and the `auth` scenario measures
+        what authentication costs beside it."""
         env = {
+            "AUTH": "off",
             "POOL_MAX_SIZE": str(pool),
             "POOL_MIN_SIZE": "2",
             "WORKERS": str(self.workers),
             "DISPATCH_CONCURRENCY": str(self.dispatch_concurrency),
+            **(env or {}),
         }
         svc = Service(url, _free_port(self._ports), env, self.workdir / "service.log")
         await svc.start()

@@ -8,6 +8,7 @@ import msgspec
 
 from .context import Operation
 from .fmt import mb, num, ratio, times
+from .scenarios.auth import AuthCost
 from .scenarios.dispatch import PEER_WORKERS, Ladder, PeerRun, Point
 from .scenarios.ingest_approve import IngestApprove
 from .scenarios.longpoll import Longpoll
@@ -70,6 +71,8 @@ def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table
             longpoll_rows(out, result)
         elif isinstance(result, Sustained):
             sustained_rows(out, result)
+        elif isinstance(result, AuthCost):
+            auth_rows(out, result)
         else:
             raise TypeError(f"no rows for scenario {name} ({type(result).__name__})")
     return out
@@ -220,6 +223,20 @@ def longpoll_rows(table: Table, result: Longpoll) -> None:
         "wake-up, approve sent -> worker answered",
         f"p50 {wake.p50 / 1000:.1f} ms   p99 {wake.p99 / 1000:.1f} ms",
     )
+
+
+def auth_rows(table: Table, result: AuthCost) -> None:
+    off, on = result.off, result.on
+    table.section(f"Authentication, dispatch at c={result.connections} ({result.keys} worker keys)")
+    table.add(
+        "AUTH=off -> on, dispatches/s",
+        f"{num(off.rate)} -> {num(on.rate)}  ({100 * result.on_over_off:.1f} %, target >= 95 %)",
+    )
+    table.add(
+        "AUTH=off -> on, latency p99, ms",
+        f"{off.latency_us.p99 / 1000:.1f} -> {on.latency_us.p99 / 1000:.1f}",
+    )
+    table.add("AUTH on, errors (non-200 + socket)", f"{on.failures}")
 
 
 def sustained_rows(table: Table, result: Sustained) -> None:

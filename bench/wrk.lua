@@ -1,6 +1,8 @@
 -- wrk script of `python -m bench`. Arguments after `--`: MODE OUT THREADS [FIRST LAST [SIZE]]
 --   healthz                    GET /healthz (the HTTP ceiling: no database)
 --   dispatch [WAIT]            POST /dispatch/next, a distinct worker id per request
+--   dispatch_auth KEYS         POST /dispatch/next with the worker keys of file KEYS in turn (worker id from
+--                              the key)
 --   approve FIRST LAST         POST /task/approve, suggestion ids FIRST..LAST, each once
 --   approve_many FIRST LAST N  POST /tasks/approve, N suggestion ids per request
 --   complete FIRST LAST        POST /task/{id}/complete, task ids FIRST..LAST, each once
@@ -22,7 +24,11 @@ function init(args)
   json = { ["Content-Type"] = "application/json" }
   -- Ids (or blocks of `size` ids) are striped over the threads so that each is used once.
   next_id = first + thread_no * size
-  if mode == "dispatch" then
+  if mode == "dispatch_auth" then
+    keys = {}
+    for line in io.lines(args[4]) do keys[#keys + 1] = "Bearer " .. line end
+  end
+  if mode == "dispatch" or mode == "dispatch_auth" then
     ids = io.open(out .. ".ids." .. thread_no, "w")
     ids:setvbuf("line")
   end
@@ -36,6 +42,10 @@ function request()
     local body = '{"worker_id":"w' .. thread_no .. '-' .. sent .. '"'
     if wait ~= "0" then body = body .. ',"wait_seconds":' .. wait end
     return wrk.format("POST", "/dispatch/next", json, body .. "}")
+  elseif mode == "dispatch_auth" then
+    -- The threads take the keys in turn, each its own stripe.
+    local key = keys[(sent * nthreads + thread_no) % #keys + 1]
+    return wrk.format("POST", "/dispatch/next", { ["Content-Type"] = "application/json", ["Authorization"] = key }, "{}")
   end
   local id = next_id
   next_id = next_id + nthreads * size

@@ -24,7 +24,7 @@ import pytest
 
 from baywheels import db, settings
 from baywheels.app import create_app
-from helpers import embedded_postgres_dir, in_process
+from helpers import ADMIN, ADMIN_KEY, AUTH_ENV, embedded_postgres_dir, in_process
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -117,7 +117,13 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture
 def service_settings(database_url: str) -> settings.Settings:
-    return msgspec.structs.replace(settings.load({}), database_url=database_url, access_log=False)
+    return msgspec.structs.replace(
+        settings.load({}),
+        database_url=database_url,
+        access_log=False,
+        admin_api_key=ADMIN_KEY,
+        rate_limit_admin="1000000/second",
+    )
 
 
 @pytest.fixture
@@ -149,14 +155,22 @@ class LiveServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if "TLS_CERT_FILE" in self.env else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=30)
+    def client(self, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+        """A client of this server, as the admin (ADMIN_API_KEY) unless other ``headers`` say otherwise."""
+        return httpx.AsyncClient(base_url=self.url, timeout=30, headers=ADMIN if headers is None else headers)
 
     def start(self, timeout: float = 30.0) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"ACCESS_LOG": "false"}
+        # As `make run` starts it on a newcomer's machine (no database_url), no ADMIN_API_KEY either: the
+        # first start makes an admin key file under DATA_DIR.
+        auth_env = (
+            AUTH_ENV if self.database_url is not None else {"RATE_LIMIT_ADMIN": AUTH_ENV["RATE_LIMIT_ADMIN"]}
+        )
+        outside = {"DATABASE_URL", "ADMIN_API_KEY"}
+        env = {k: v for k, v in os.environ.items() if k not in outside} | {"ACCESS_LOG": "false", **auth_env}
         command = [sys.executable, "-m", "baywheels", "serve", "--port", str(self.port)]
         if self.database_url is not None:
             env["DATABASE_URL"] = self.database_url
@@ -175,7 +189,8 @@ class LiveServer:
                 tail = self._log_tail()
                 raise RuntimeError(f"baywheels serve exited with {self.stop()}: {tail}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                # Readiness only: whose certificate it is, is the TLS test's business.
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=False).status_code == 200:  # noqa: S501
                     return
             except httpx.TransportError:
                 pass

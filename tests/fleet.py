@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from helpers import ADMIN_KEY
+
 NO_ANSWER = 0  # the status recorded for a request whose connection was cut before its answer
 
 
@@ -31,7 +33,8 @@ class Connection:
             data = json.dumps(body).encode()
             writer.write(
                 b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+                b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+                % (path.encode(), ADMIN_KEY.encode(), len(data), data)
             )
             head = await reader.readuntil(b"\r\n\r\n")
             status_line, *lines = head.decode().split("\r\n")

@@ -49,10 +49,20 @@ TASK_KEYS = frozenset(
 SUGGESTION_KEYS = frozenset(
     {"id", "from_station_id", "to_station_id", "qty", "reason", "priority", "not_before", "created_at"}
 )
-EVENT_KEYS = frozenset({"event", "worker_id", "detail", "at"})
+EVENT_KEYS = frozenset({"event", "worker_id", "detail", "at", "actor"})
 INGEST_KEYS = frozenset({"created", "updated", "duplicates", "ids"})
 
 Json = dict[str, Any]
+
+# The tests' admin credential (ADMIN_API_KEY): the API tests speak as an admin unless they test who may do
+# what, with a budget no test's burst reaches (the rate-limit tests set their own).
+ADMIN_KEY = "test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+AUTH_ENV = {"ADMIN_API_KEY": ADMIN_KEY, "RATE_LIMIT_ADMIN": "1000000/second"}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def item(
@@ -218,7 +228,8 @@ class RawConnection:
         data = json.dumps(body).encode()
         self.writer.write(
             b"POST %s HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data)
+            b"Authorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (path.encode(), ADMIN_KEY.encode(), len(data), data)
         )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status_line, *lines = head.decode().split("\r\n")
@@ -264,10 +275,11 @@ async def wait_for_lock_waiters(pool: asyncpg.Pool, count: int, within: float = 
 
 @asynccontextmanager
 async def in_process_with_state(
-    app: Starlette, request_timeout: float = 5.0
+    app: Starlette, request_timeout: float = 5.0, headers: dict[str, str] | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, dict[str, Any]]]:
     """The app with its lifespan running, spoken to over ASGI, and the lifespan's state. httpx's transport
-    runs no lifespan, so each request gets a copy of that state here, as uvicorn gives it."""
+    runs no lifespan, so each request gets a copy of that state here, as uvicorn gives it. The client speaks
+    as the tests' admin unless given other ``headers``."""
     async with app.router.lifespan_context(app) as lifespan_state:
         state = dict(lifespan_state or {})
 
@@ -276,15 +288,20 @@ async def in_process_with_state(
 
         transport = httpx.ASGITransport(app=with_state)
         async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", timeout=request_timeout
+            transport=transport,
+            base_url="http://testserver",
+            timeout=request_timeout,
+            headers=ADMIN if headers is None else headers,
         ) as client:
             yield client, state
 
 
 @asynccontextmanager
-async def in_process(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+async def in_process(
+    app: Starlette, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
     """As ``in_process_with_state``, for a test that needs only the client."""
-    async with in_process_with_state(app) as (client, _):
+    async with in_process_with_state(app, headers=headers) as (client, _):
         yield client
 
 

@@ -22,7 +22,7 @@ from helpers import TASK_KEYS, json_of
 
 PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
 # Served, but not part of the API the document describes.
-UNDOCUMENTED = {"/metrics", "/openapi.json", "/docs", "/docs/init.js", "/redoc", "/static/docs"}
+UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/init.js", "/redoc", "/static/docs"}
 
 
 def refs(node: Any) -> Iterator[str]:
@@ -134,8 +134,12 @@ def test_common_errors_follow_from_what_an_endpoint_takes(spec: dict[str, Any]) 
             assert ("404" in statuses) is (
                 "path" in parameters or path in ("/task/approve", "/dispatch/next")
             )
-            # Only the banner and the liveness probe answer without the database.
-            assert ("503" in statuses) is (path not in ("/", "/healthz")), (method, path)
+            # Only the banner, the liveness probe and the metrics answer without the database.
+            assert ("503" in statuses) is (path not in ("/", "/healthz", "/metrics")), (method, path)
+            # Every operation that needs a credential says so, and what refusing one looks like.
+            secured = operation["security"] == [{"bearer": []}]
+            assert secured is (path not in ("/", "/healthz", "/readyz")), (method, path)
+            assert {"401", "403", "429"} <= statuses if secured else not {"401", "403", "429"} & statuses
 
 
 def test_a_handler_takes_only_what_can_be_decoded() -> None:

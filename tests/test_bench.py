@@ -32,6 +32,7 @@ TINY = replace(
     sustained_duration=2,
     sustained_connections=4,
     sustained_backlog=10_000,
+    auth_connections=4,
 )
 
 ROWS = [
@@ -65,6 +66,7 @@ ROWS = [
     "wake-up, approve sent -> worker answered",
     "first 1 s -> last 1 s, dispatches/s",
     "ready-index blocks per dispatch, first -> last",
+    "AUTH=off -> on, dispatches/s",
 ]
 
 
@@ -90,9 +92,11 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "complete",
         "longpoll",
         "sustained",
+        "auth",
     }
-    # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers.
-    assert len(report["invariants"]) == 16
+    # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers;
+    # then the auth scenario's two runs (AUTH=off, auth on).
+    assert len(report["invariants"]) == 18
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
     assert [inv["scenario"] for inv in report["invariants"]][:8] == [
         "pgbench c=1",
@@ -137,7 +141,14 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "complete",
         "longpoll",
         "sustained",
+        "auth",
     }
+    # Authentication's cost is measured: both runs answered, and the ratio is reported.
+    cost = report["results"]["auth"]
+    assert cost["off"]["statuses"].get("200", 0) > 0
+    assert cost["on"]["statuses"].get("200", 0) > 0
+    assert set(cost["on"]["statuses"]) <= {"200", "404"}, cost["on"]["statuses"]
+    assert cost["on_over_off"] > 0
 
 
 def test_the_pgbench_script_is_the_dispatch_statement() -> None:
@@ -157,6 +168,7 @@ def test_the_pgbench_script_is_the_dispatch_statement() -> None:
         .replace(":lease", "$2")
         .replace("NULL::text", "$3::text")
         .replace("NULL::timestamptz", "$4::timestamptz")
+        .replace("'bench'::text", "$5::text")
     )
     assert restored.strip() == statement.strip()
 

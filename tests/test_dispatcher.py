@@ -34,12 +34,12 @@ async def test_requests_queued_behind_a_failed_statement_are_still_served(
     started, fail = asyncio.Event(), asyncio.Event()
     dispatch = queries.task_dispatch
 
-    async def first_one_fails(*args: Any) -> Task | None:
+    async def first_one_fails(*args: Any, **kwargs: Any) -> Task | None:
         if not started.is_set():
             started.set()
             await fail.wait()
             raise OSError("connection reset by peer")
-        return await dispatch(*args)
+        return await dispatch(*args, **kwargs)
 
     monkeypatch.setattr(queries, "task_dispatch", first_one_fails)
     first = asyncio.create_task(dispatcher.next("first", 60, 0, None))

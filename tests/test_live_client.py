@@ -14,7 +14,7 @@ import pytest
 from baywheels.client import LeaseLost, MLEngine, Operator, Retry, SuggestionIn, Task, Worker
 from baywheels.client import sync as blocking
 from conftest import LiveServer
-from helpers import until
+from helpers import ADMIN_KEY, until
 from proxy import Proxy
 
 # A reaper that looks ten times a second: a lease that is not kept alive is taken back within 0.1 s.
@@ -39,7 +39,7 @@ async def make_tasks(url: str, n: int, first_station: int = 1) -> list[Task]:
         )
         for i in range(n)
     ]
-    async with MLEngine(url) as ml, Operator(url) as operator:
+    async with MLEngine(url, ADMIN_KEY) as ml, Operator(url, ADMIN_KEY) as operator:
         result = await ml.post_suggestions(items)
         ids = [i for i in result.ids if i is not None]
         return (await operator.approve_many(ids)).tasks
@@ -49,7 +49,10 @@ async def test_a_worker_completes_tasks_while_heartbeats_outlive_a_one_second_le
     server: LiveServer,
 ) -> None:
     made = await make_tasks(server.url, 3)
-    async with Worker(server.url, None, "van-1", lease_seconds=1) as worker, Operator(server.url) as operator:
+    async with (
+        Worker(server.url, ADMIN_KEY, "van-1", lease_seconds=1) as worker,
+        Operator(server.url, ADMIN_KEY) as operator,
+    ):
         done = []
         for _ in made:
             async with worker.next_task(wait=5) as task:
@@ -81,8 +84,8 @@ async def test_a_dispatch_whose_answer_is_lost_is_retried_with_the_same_key_and_
     await proxy.start()
     try:
         async with (
-            Worker(f"http://127.0.0.1:{proxy.port}", None, "van-1") as worker,
-            Operator(server.url) as operator,
+            Worker(f"http://127.0.0.1:{proxy.port}", ADMIN_KEY, "van-1") as worker,
+            Operator(server.url, ADMIN_KEY) as operator,
         ):
             proxy.cut_next_response()
             got = await worker.dispatch(wait=1)
@@ -99,7 +102,7 @@ async def test_a_dispatch_whose_answer_is_lost_is_retried_with_the_same_key_and_
 
 async def test_an_exception_in_the_block_fails_the_task_with_its_message(server: LiveServer) -> None:
     (made,) = await make_tasks(server.url, 1)
-    async with Worker(server.url, None, "van-1") as worker, Operator(server.url) as operator:
+    async with Worker(server.url, ADMIN_KEY, "van-1") as worker, Operator(server.url, ADMIN_KEY) as operator:
         taken: list[int] = []
 
         async def jammed() -> None:
@@ -128,7 +131,7 @@ async def test_cancelling_the_block_releases_the_task(server: LiveServer) -> Non
             entered.set()
             await asyncio.Event().wait()  # until cancelled
 
-    async with Worker(server.url, None, "van-1") as worker, Operator(server.url) as operator:
+    async with Worker(server.url, ADMIN_KEY, "van-1") as worker, Operator(server.url, ADMIN_KEY) as operator:
         job = asyncio.create_task(work(worker))
         await entered.wait()
         job.cancel()
@@ -141,7 +144,10 @@ async def test_cancelling_the_block_releases_the_task(server: LiveServer) -> Non
 
 async def test_an_operators_cancel_stops_the_work_with_lease_lost(server: LiveServer) -> None:
     (made,) = await make_tasks(server.url, 1)
-    async with Worker(server.url, None, "van-1", lease_seconds=1) as worker, Operator(server.url) as operator:
+    async with (
+        Worker(server.url, ADMIN_KEY, "van-1", lease_seconds=1) as worker,
+        Operator(server.url, ADMIN_KEY) as operator,
+    ):
 
         async def canceled_midway() -> None:
             async with worker.next_task(wait=5) as task:
@@ -176,7 +182,7 @@ async def test_a_503_is_retried_after_its_retry_after(database_url: str) -> None
     try:
         (made,) = await make_tasks(live.url, 1)
         await proxy.stop()
-        async with Operator(live.url, retry=Retry(attempts=10, sleep=sleep)) as operator:
+        async with Operator(live.url, ADMIN_KEY, retry=Retry(attempts=10, sleep=sleep)) as operator:
             task = await operator.task(made.id)
         assert task.id == made.id
         assert waits, "no 503 was retried"
@@ -189,9 +195,9 @@ async def test_a_503_is_retried_after_its_retry_after(database_url: str) -> None
 def test_the_blocking_facade_completes_a_task_and_fails_one(live_server: LiveServer) -> None:
     url = live_server.url
     with (
-        blocking.MLEngine(url) as ml,
-        blocking.Operator(url) as operator,
-        blocking.Worker(url, None, "van-9") as worker,
+        blocking.MLEngine(url, ADMIN_KEY) as ml,
+        blocking.Operator(url, ADMIN_KEY) as operator,
+        blocking.Worker(url, ADMIN_KEY, "van-9") as worker,
     ):
         items = [
             SuggestionIn(from_station_id=1, to_station_id=2, qty=1, reason="t"),
@@ -218,6 +224,8 @@ async def test_the_worker_command_prints_and_completes_tasks(server: LiveServer)
         "worker",
         "--url",
         server.url,
+        "--key",
+        ADMIN_KEY,
         "--worker-id",
         "cli-1",
         "--delay",
@@ -232,7 +240,7 @@ async def test_the_worker_command_prints_and_completes_tasks(server: LiveServer)
     lines = out.decode().splitlines()
     for task in made:
         assert any(f"task {task.id}:" in line for line in lines), lines
-    async with Operator(server.url) as operator:
+    async with Operator(server.url, ADMIN_KEY) as operator:
         assert {(t.id, t.worker_id) for t in await operator.tasks("completed")} == {
             (t.id, "cli-1") for t in made
         }

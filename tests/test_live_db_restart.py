@@ -14,7 +14,7 @@ import pytest
 from baywheels import db
 from baywheels.embedded import EmbeddedPostgres
 from conftest import LiveServer
-from helpers import embedded_postgres_dir, until
+from helpers import ADMIN, embedded_postgres_dir, until
 
 RETRY_AFTER = "1"
 RESTARTS = 3
@@ -128,7 +128,7 @@ async def test_postgres_restarts_under_load_give_503_never_500(
     done = asyncio.Event()
     try:
         limits = httpx.Limits(max_connections=WORKERS)
-        async with httpx.AsyncClient(base_url=server.url, timeout=30, limits=limits) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=30, limits=limits) as client:
             workers = [
                 asyncio.ensure_future(work(client, f"w{i}", i % 2 == 0, done, tally)) for i in range(WORKERS)
             ]

@@ -141,6 +141,7 @@ async def test_waiter_whose_client_hangs_up_takes_no_task(
         body = b'{"worker_id": "gone", "wait_seconds": 30}'
         writer.write(
             b"POST /dispatch/next HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz\r\n"  # helpers.ADMIN
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
         await writer.drain()

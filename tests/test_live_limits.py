@@ -12,7 +12,6 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import LiveServer
@@ -154,6 +153,7 @@ async def test_a_body_sent_too_slowly_gets_408(server: LiveServer, connect: Conn
     reader, writer = await connect(server)
     writer.write(
         b"POST /suggestions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz\r\n"  # helpers.ADMIN
         b"Content-Length: 100\r\n\r\n[{"
     )
     status, headers, body = await answer(reader)
@@ -182,6 +182,7 @@ async def test_a_client_leaving_mid_body_is_499_logged_once_without_traceback(
         _, writer = await connect(server)
         writer.write(
             b"POST /suggestions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer test-admin-key-0123456789abcdefghijklmnopqrstuvwxyz\r\n"  # helpers.ADMIN
             b'Content-Length: 1000\r\n\r\n[{"from_station_id": 1'
         )
         await writer.drain()
@@ -261,7 +262,10 @@ async def test_beyond_max_connections_a_request_gets_503_json(
     # Once they leave, others are served again.
     for _, writer in holding:
         writer.close()
-    async with asyncio.timeout(PATIENCE), httpx.AsyncClient(base_url=capped_server.url) as client:
+    async with (
+        asyncio.timeout(PATIENCE),
+        capped_server.client() as client,
+    ):
         while (response := await client.get("/healthz", headers={"Connection": "close"})).status_code != 200:
             assert response.status_code == 503
             await asyncio.sleep(0.02)

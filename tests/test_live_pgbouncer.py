@@ -11,7 +11,7 @@ import pytest
 
 from conftest import LiveServer
 from fleet import Fleet, assert_each_answered_once, ready_tasks
-from helpers import until
+from helpers import ADMIN, until
 from pgbouncer import ensure_pgbouncer, pgbouncer
 
 
@@ -36,7 +36,7 @@ async def pooled_server(
 
 
 async def test_through_pgbouncer(pooled_server: LiveServer, pool: asyncpg.Pool) -> None:
-    async with httpx.AsyncClient(base_url=pooled_server.url, timeout=60) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=pooled_server.url, timeout=60) as client:
         # A long poll with nothing ready is answered by the NOTIFY of a task approved afterwards: it reaches
         # the LISTEN connection, which is direct (through the pooler it would be lost).
         waiting = asyncio.create_task(

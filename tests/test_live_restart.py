@@ -10,7 +10,7 @@ import httpx
 import psutil
 
 from conftest import LiveServer
-from helpers import Json, approve_many, dispatch, ingest, item
+from helpers import Json, approve_many, bearer, dispatch, ingest, item
 
 
 async def arrange(client: httpx.AsyncClient) -> Json:
@@ -77,7 +77,11 @@ async def test_embedded_postgres_starts_stops_with_the_service_and_keeps_data(tm
     try:
         # The first start runs initdb.
         await asyncio.to_thread(first.start, 180)
-        async with first.client() as client:
+        # A newcomer is not locked out: the first start made an admin key only this user can read.
+        key_file = data_dir / "admin-api-key"
+        assert key_file.stat().st_mode & 0o777 == 0o600
+        admin = bearer(key_file.read_text().strip())
+        async with first.client(headers=admin) as client:
             task = await arrange(client)
             before = await state(client, task["id"])
         postgres = postmaster_pid(data_dir)
@@ -92,7 +96,9 @@ async def test_embedded_postgres_starts_stops_with_the_service_and_keeps_data(tm
     second = as_make_run_starts_it(data_dir)
     try:
         await asyncio.to_thread(second.start, 120)
-        async with second.client() as client:
+        # Keys exist now: no second bootstrap key.
+        assert bearer(key_file.read_text().strip()) == admin
+        async with second.client(headers=admin) as client:
             assert await state(client, task["id"]) == before
         postgres = postmaster_pid(data_dir)
     finally:

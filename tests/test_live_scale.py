@@ -15,7 +15,7 @@ import httpx
 
 from conftest import LiveServer
 from fleet import Fleet, assert_completed_once, assert_each_answered_once, ready_tasks
-from helpers import until
+from helpers import ADMIN, until
 from proxy import Balancer
 
 
@@ -37,7 +37,7 @@ async def instances(
 
 
 async def metric(server: LiveServer, name: str) -> float:
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
+    async with httpx.AsyncClient(headers=ADMIN, base_url=server.url, timeout=10) as client:
         text = (await client.get("/metrics")).text
     match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return 0.0 if match is None else float(match[1])
@@ -50,7 +50,7 @@ async def test_three_instances_hand_out_every_task_once(
         fleet = Fleet(balancer.port, size=256, wait_seconds=1)
         fleet.start()
         task_ids: list[int] = []
-        async with httpx.AsyncClient(base_url=balancer.base_url, timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=balancer.base_url, timeout=30) as client:
             # Tasks arrive while the fleet asks: long polls on all three instances are woken by NOTIFY.
             for chunk in range(20):
                 task_ids += await ready_tasks(client, chunk * 100, 100)
@@ -76,7 +76,7 @@ async def test_rolling_restart_loses_nothing(database_url: str, pool: asyncpg.Po
         fleet = Fleet(balancer.port, size=64, wait_seconds=10)
         fleet.start()
         task_ids: list[int] = []
-        async with httpx.AsyncClient(base_url=servers[1].url, timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=servers[1].url, timeout=30) as client:
 
             async def feed(first: int, chunks: int) -> None:
                 for chunk in range(first, first + chunks):
@@ -123,7 +123,7 @@ async def test_killed_instance_work_finished_by_survivor_and_lease_rescue(
         fleet = Fleet(balancer.port, size=64, wait_seconds=1, lease_seconds=2, complete=True)
         fleet.start()
         task_ids: list[int] = []
-        async with httpx.AsyncClient(base_url=survivor.url, timeout=30) as client:
+        async with httpx.AsyncClient(headers=ADMIN, base_url=survivor.url, timeout=30) as client:
 
             async def all_completed() -> bool:
                 return len(fleet.completed) >= len(task_ids)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from conftest import LiveServer
+from helpers import ADMIN_KEY
 
 TESTS = Path(__file__).parent
 
@@ -24,6 +25,8 @@ def test_schemathesis_finds_nothing(live_server: LiveServer, tmp_path: Path) -> 
         "--seed=20260101",
         "--generation-database=none",
         "--no-color",
+        # As an admin, who may call every operation (the role matrix is tests/test_api_auth.py's).
+        f"--header=Authorization: Bearer {ADMIN_KEY}",
     ]
     env = {
         **os.environ,

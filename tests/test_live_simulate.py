@@ -9,6 +9,7 @@ from collections import Counter
 
 from baywheels.client import Operator
 from conftest import LiveServer
+from helpers import ADMIN_KEY
 
 
 async def test_a_simulated_hour_keeps_the_books(database_url: str) -> None:
@@ -26,6 +27,8 @@ async def test_a_simulated_hour_keeps_the_books(database_url: str) -> None:
             "simulate",
             "--url",
             server.url,
+            "--key",
+            ADMIN_KEY,
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -34,7 +37,7 @@ async def test_a_simulated_hour_keeps_the_books(database_url: str) -> None:
         summary = json.loads(out)
         assert (process.returncode, summary["violations"]) == (0, []), err.decode()
 
-        async with Operator(server.url) as operator:
+        async with Operator(server.url, ADMIN_KEY) as operator:
             tasks = [t async for t in operator.all_tasks()]
             pending = [s async for s in operator.all_suggestions()]
         statuses = Counter(t.status for t in tasks)
@@ -60,7 +63,7 @@ async def test_a_simulated_hour_keeps_the_books(database_url: str) -> None:
 
 
 async def test_simulate_refuses_a_service_with_open_work(live_server: LiveServer) -> None:
-    async with Operator(live_server.url) as operator:
+    async with Operator(live_server.url, ADMIN_KEY) as operator:
         await operator.call(
             "POST",
             "/suggestions",
@@ -74,6 +77,8 @@ async def test_simulate_refuses_a_service_with_open_work(live_server: LiveServer
         "simulate",
         "--url",
         live_server.url,
+        "--key",
+        ADMIN_KEY,
         "--hours",
         "0.1",
         stdout=asyncio.subprocess.PIPE,

@@ -54,23 +54,29 @@ async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
 CLOCKS = [None, datetime(2030, 1, 1, tzinfo=UTC)]
 
 
+# The parameters before the clock, and after it (the actor).
 @pytest.mark.parametrize(
-    ("query", "args"),
+    ("query", "args", "after"),
     [
-        ("task_dispatch", ("new-worker", 60, None)),
-        ("task_dispatch", ("new-worker", 60, "idempotency-key")),
-        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60])),
+        ("task_dispatch", ("new-worker", 60, None), ("k1",)),
+        ("task_dispatch", ("new-worker", 60, "idempotency-key"), ("k1",)),
+        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"],)),
     ],
     ids=["single", "with idempotency key", "coalesced"],
 )
 @pytest.mark.parametrize("clock", CLOCKS, ids=["database clock", "clock passed in"])
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 async def test_dispatch_uses_the_ready_index(
-    history: asyncpg.Pool, query: str, args: tuple[Any, ...], clock: datetime | None, plan_cache_mode: str
+    history: asyncpg.Pool,
+    query: str,
+    args: tuple[Any, ...],
+    after: tuple[Any, ...],
+    clock: datetime | None,
+    plan_cache_mode: str,
 ) -> None:
     async with history.acquire() as conn, conn.transaction():
         await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
-        explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql.text(query)}", *args, clock)
+        explained = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {sql.text(query)}", *args, clock, *after)
     plan = json.loads(explained)[0]["Plan"]
     scans = [
         node for node in nodes(plan) if node.get("Relation Name") == "tasks" and "Scan" in node["Node Type"]
@@ -81,7 +87,7 @@ async def test_dispatch_uses_the_ready_index(
 
 async def test_dispatch_takes_the_best_ready_task_among_the_history(history: asyncpg.Pool) -> None:
     """The plan is not only cheap but right: of thousands of tasks, the highest-priority ready one."""
-    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None)
+    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None, "k1")
     assert row is not None
     assert (row["status"], row["priority"], row["worker_id"]) == ("assigned", 2, "new-worker")
     # Ids follow g: the first ready task with g % 3 == 2.
@@ -117,14 +123,14 @@ HELD = COMPLETED + ASSIGNED // 2
 @pytest.mark.parametrize(
     ("query", "args"),
     [
-        ("task_complete", (HELD, f"w{HELD}", LEASE, None)),
-        ("task_complete", (HELD, None, None, None)),
+        ("task_complete", (HELD, f"w{HELD}", LEASE, None, "k1")),
+        ("task_complete", (HELD, None, None, None, "k1")),
         ("task_heartbeat", (HELD, f"w{HELD}", LEASE, None, None)),
-        ("task_pickup", (HELD, f"w{HELD}", None, None)),
-        ("task_fail", (HELD, f"w{HELD}", LEASE, "jammed", 30, 5, None)),
-        ("task_release", (HELD, f"w{HELD}", None, None, None)),
-        ("task_cancel", (HELD, None, None)),
-        ("task_retry", (HELD, None, None)),
+        ("task_pickup", (HELD, f"w{HELD}", None, None, "k1")),
+        ("task_fail", (HELD, f"w{HELD}", LEASE, "jammed", 30, 5, None, "k1")),
+        ("task_release", (HELD, f"w{HELD}", None, None, None, "k1")),
+        ("task_cancel", (HELD, None, None, "k1")),
+        ("task_retry", (HELD, None, None, "k1")),
     ],
     ids=["complete", "complete without body", "heartbeat", "pickup", "fail", "release", "cancel", "retry"],
 )

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from ..context import Context
-from . import complete, dispatch, ingest_approve, longpoll, sustained
+from . import auth, complete, dispatch, ingest_approve, longpoll, sustained
 
 Scenario = Callable[[Context], Awaitable[msgspec.Struct]]
 
@@ -19,4 +19,5 @@ SCENARIOS: dict[str, Scenario] = {
     "complete": complete.run,
     "longpoll": longpoll.run,
     "sustained": sustained.run,
+    "auth": auth.run,
 }

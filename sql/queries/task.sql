@@ -9,12 +9,14 @@
 -- matched, the lock reads that change's result, where the statement's snapshot still shows the row before it.
 --
 -- The clock is a parameter, `coalesce($n::timestamptz, now())` (as River's queries take it): the service
--- passes null, tests pass the time they need.
+-- passes null, tests pass the time they need. The last parameter of each is the actor recorded with the
+-- event (a key id, `oidc:<subject>`, ...: who did it).
 
 -- name: task_approve_many :many
 -- Turn pending suggestions into ready tasks and delete the suggestions, in one statement. Returns only the
 -- tasks this call created: ids approved earlier (or by a racing call, whose DELETE this one waited for) are
--- read afterwards with task_list_by_suggestions, which runs with a fresh snapshot. $2 is the clock.
+-- read afterwards with task_list_by_suggestions, which runs with a fresh snapshot. $2 is the clock, $3 the
+-- actor.
 WITH approved AS (
     DELETE FROM suggestions
     WHERE id = ANY($1::bigint[])
@@ -32,13 +34,14 @@ created AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, at)
-    SELECT id, 'approved', created_at FROM created
+    INSERT INTO task_events (task_id, event, at, actor)
+    SELECT id, 'approved', created_at, $3::text FROM created
 )
 SELECT * FROM created;
 
 -- name: task_cancel :one
--- Operator: withdraw a task that is not finished, with reason $2 at $3. The holder's later calls then get 409.
+-- Operator: withdraw a task that is not finished, with reason $2 at $3, by $4. The holder's later calls then
+-- get 409.
 WITH canceled AS (
     UPDATE tasks
     SET status = 'canceled', lease_expires_at = NULL
@@ -46,8 +49,8 @@ WITH canceled AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail, at)
-    SELECT id, 'canceled', worker_id, $2::text, coalesce($3::timestamptz, now()) FROM canceled
+    INSERT INTO task_events (task_id, event, worker_id, detail, at, actor)
+    SELECT id, 'canceled', worker_id, $2::text, coalesce($3::timestamptz, now()), $4::text FROM canceled
 ),
 unchanged AS (
     SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM canceled) FOR UPDATE
@@ -57,7 +60,7 @@ UNION ALL
 SELECT false, * FROM unchanged;
 
 -- name: task_complete :one
--- Finish a task held by $2 (any holder when null) under lease $3 (any when null), at $4.
+-- Finish a task held by $2 (any holder when null) under lease $3 (any when null), at $4, by $5.
 WITH completed AS (
     UPDATE tasks
     SET status = 'completed', completed_at = coalesce($4::timestamptz, now()), lease_expires_at = NULL
@@ -68,8 +71,8 @@ WITH completed AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, at)
-    SELECT id, 'completed', worker_id, completed_at FROM completed
+    INSERT INTO task_events (task_id, event, worker_id, at, actor)
+    SELECT id, 'completed', worker_id, completed_at, $5::text FROM completed
 ),
 unchanged AS (
     SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM completed) FOR UPDATE
@@ -83,7 +86,7 @@ SELECT false, * FROM unchanged;
 -- lowest id. The inner SELECT walks tasks_ready_idx; SKIP LOCKED lets concurrent dispatchers each take a
 -- different row instead of queueing behind the first, and the row lock lasts only this statement.
 -- With an idempotency key $3, a task this worker already holds under that key is returned instead. $4 is
--- the clock (available_at stays a filter on the index scan, whichever clock).
+-- the clock (available_at stays a filter on the index scan, whichever clock), $5 the actor.
 WITH held AS (
     SELECT *
     FROM tasks
@@ -108,8 +111,8 @@ assigned AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, at)
-    SELECT id, 'assigned', worker_id, assigned_at FROM assigned
+    INSERT INTO task_events (task_id, event, worker_id, at, actor)
+    SELECT id, 'assigned', worker_id, assigned_at, $5::text FROM assigned
 )
 SELECT * FROM held
 UNION ALL
@@ -123,11 +126,12 @@ SELECT pg_advisory_xact_lock(hashtext('baywheels.dispatch_key'), hashtext($1::te
 
 -- name: task_dispatch_many :many
 -- Coalesced dispatch: pair up to n locked ready tasks, in dispatch order, with n waiting workers in arrival
--- order ($1 worker ids, $2 lease seconds; $3 the clock), so one commit serves many workers. Returns each
--- assigned task with the 1-based position (ord) of the worker it went to; workers past the last task get
--- nothing.
+-- order ($1 worker ids, $2 lease seconds, $4 actors; $3 the clock), so one commit serves many workers.
+-- Returns each assigned task with the 1-based position (ord) of the worker it went to; workers past the last
+-- task get nothing.
 WITH waiting AS (
-    SELECT * FROM unnest($1::text[], $2::integer[]) WITH ORDINALITY AS w (worker_id, lease_seconds, ord)
+    SELECT *
+    FROM unnest($1::text[], $2::integer[], $4::text[]) WITH ORDINALITY AS w (worker_id, lease_seconds, actor, ord)
 ),
 locked AS (
     SELECT id, priority, created_at
@@ -139,7 +143,7 @@ locked AS (
 ),
 -- FOR UPDATE cannot share a query level with a window function, hence the separate numbering step.
 paired AS (
-    SELECT l.id, w.worker_id, w.lease_seconds, w.ord
+    SELECT l.id, w.worker_id, w.lease_seconds, w.actor, w.ord
     FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, created_at, id) AS n FROM locked) l
     JOIN waiting w ON w.ord = l.n
 ),
@@ -151,17 +155,17 @@ assigned AS (
         dispatch_key = NULL, picked_up_at = NULL
     FROM paired p
     WHERE t.id = p.id
-    RETURNING t.*, p.ord
+    RETURNING t.*, p.ord, p.actor
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, at)
-    SELECT id, 'assigned', worker_id, assigned_at FROM assigned
+    INSERT INTO task_events (task_id, event, worker_id, at, actor)
+    SELECT id, 'assigned', worker_id, assigned_at, actor FROM assigned
 )
 SELECT * FROM assigned;
 
 -- name: task_event_list :many
 -- The history of one task, oldest first.
-SELECT event, worker_id, detail, at
+SELECT event, worker_id, detail, at, actor
 FROM task_events
 WHERE task_id = $1
 ORDER BY id;
@@ -169,7 +173,7 @@ ORDER BY id;
 -- name: task_fail :one
 -- The holder reports a failed attempt with error $4. Below max attempts ($6) the task is ready again after
 -- an exponential backoff (base $5 seconds, doubling per attempt, capped at an hour); at max it is 'failed',
--- the dead letter. $7 is the clock.
+-- the dead letter. $7 is the clock, $8 the actor.
 WITH failed AS (
     UPDATE tasks
     SET attempts = attempts + 1,
@@ -190,9 +194,9 @@ WITH failed AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail, at)
+    INSERT INTO task_events (task_id, event, worker_id, detail, at, actor)
     SELECT id, CASE status WHEN 'failed' THEN 'failed' ELSE 'attempt_failed' END, $2, $4,
-           coalesce($7::timestamptz, now())
+           coalesce($7::timestamptz, now()), $8::text
     FROM failed
 ),
 unchanged AS (
@@ -257,8 +261,8 @@ SELECT coalesce($2::timestamptz, now()) AS checked_at,
        ) due) AS due;
 
 -- name: task_pickup :one
--- The holder has the bikes on the van (at $4): from now on an expired lease makes the task 'stalled', not
--- 'ready'.
+-- The holder has the bikes on the van (at $4, by $5): from now on an expired lease makes the task
+-- 'stalled', not 'ready'.
 WITH picked AS (
     UPDATE tasks
     SET picked_up_at = coalesce($4::timestamptz, now())
@@ -270,8 +274,8 @@ WITH picked AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, at)
-    SELECT id, 'picked_up', worker_id, picked_up_at FROM picked
+    INSERT INTO task_events (task_id, event, worker_id, at, actor)
+    SELECT id, 'picked_up', worker_id, picked_up_at, $5::text FROM picked
 ),
 unchanged AS (
     SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM picked) FOR UPDATE
@@ -281,7 +285,7 @@ UNION ALL
 SELECT false, * FROM unchanged;
 
 -- name: task_release :one
--- The holder hands the task back with reason $4: ready again at once ($5), no attempt counted.
+-- The holder hands the task back with reason $4: ready again at once ($5), no attempt counted; by $6.
 WITH released AS (
     UPDATE tasks
     SET status = 'ready', worker_id = NULL, assigned_at = NULL, lease_id = NULL, lease_seconds = NULL,
@@ -294,8 +298,8 @@ WITH released AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail, at)
-    SELECT id, 'released', $2, $4::text, available_at FROM released
+    INSERT INTO task_events (task_id, event, worker_id, detail, at, actor)
+    SELECT id, 'released', $2, $4::text, available_at, $6::text FROM released
 ),
 unchanged AS (
     SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM released) FOR UPDATE
@@ -343,8 +347,8 @@ rescued AS (
 -- tasks t is read as it was before this statement: the worker that held the lease. A dead-lettered task also
 -- gets the 'failed' event that task_fail writes, so the history reads the same whichever way it failed.
 logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, detail)
-    SELECT r.id, e.event, t.worker_id, e.detail
+    INSERT INTO task_events (task_id, event, worker_id, detail, actor)
+    SELECT r.id, e.event, t.worker_id, e.detail, 'system'
     FROM rescued r
     JOIN tasks t ON t.id = r.id
     CROSS JOIN LATERAL (VALUES (1, 'lease_expired', r.status), (2, 'failed', r.last_error)) e (n, event, detail)
@@ -355,7 +359,7 @@ SELECT * FROM rescued;
 
 -- name: task_retry :one
 -- Operator: put a failed, canceled or stalled task back to ready with a fresh attempt budget (reason $2, at
--- $3), not before its not_before.
+-- $3, by $4), not before its not_before.
 WITH retried AS (
     UPDATE tasks
     SET status = 'ready', attempts = 0, worker_id = NULL, assigned_at = NULL, lease_id = NULL,
@@ -366,8 +370,8 @@ WITH retried AS (
     RETURNING *
 ),
 logged AS (
-    INSERT INTO task_events (task_id, event, detail, at)
-    SELECT id, 'retried', $2::text, coalesce($3::timestamptz, now()) FROM retried
+    INSERT INTO task_events (task_id, event, detail, at, actor)
+    SELECT id, 'retried', $2::text, coalesce($3::timestamptz, now()), $4::text FROM retried
 ),
 unchanged AS (
     SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM retried) FOR UPDATE

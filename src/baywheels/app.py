@@ -8,11 +8,13 @@ from contextlib import asynccontextmanager
 import structlog
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, metrics, openapi, protocol, shutdown
+from . import db, logs, openapi, protocol, shutdown
 from . import settings as config
+from .auth import Guard
 from .dispatcher import Dispatcher
 from .endpoints import FixedPathsFirst
 from .errors import EXCEPTION_HANDLERS
@@ -20,6 +22,7 @@ from .handlers import ENDPOINTS
 from .listener import Listener
 from .maintenance import Maintenance, default_jobs
 from .middleware import RequestContext
+from .models import AUTH_OFF_WARNING
 from .settings import Settings
 from .state import STATE_KEY, AppState
 
@@ -35,6 +38,9 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, AppState]]:
         pool = await db.create_pool(settings)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
+        if not settings.auth_on:
+            log.warning("auth_off", detail=AUTH_OFF_WARNING)
+        guard = Guard(settings, pool)
         dispatcher = Dispatcher(pool, settings)
         listener = Listener(settings)
         listener.subscribe(dispatcher)
@@ -42,7 +48,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
         restore_signals = shutdown.drain_on_signals(dispatcher) if serving else None
         try:
-            yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher)}
+            yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher, guard=guard)}
         finally:
             if restore_signals is not None:
                 restore_signals()
@@ -62,24 +68,39 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
 
     routes = [
         *(endpoint.route() for endpoint in ENDPOINTS),
-        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/openapi.json", openapi.openapi_json, methods=["GET"]),
         Route("/docs", openapi.swagger_ui, methods=["GET"]),
         Route("/docs/init.js", openapi.swagger_init, methods=["GET"]),
         Route("/redoc", openapi.redoc, methods=["GET"]),
         Mount("/static/docs", StaticFiles(directory=openapi.assets_dir()), name="docs-assets"),
     ]
-    app = Starlette(
-        exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[
+    middleware = [
+        Middleware(
+            RequestContext,
+            max_body_bytes=settings.max_body_bytes,
+            body_timeout=settings.request_body_timeout,
+            access_log=settings.access_log,
+        )
+    ]
+    if settings.cors_origin_list:
+        # A dashboard on another origin; preflights are answered here, before any credential is asked for.
+        middleware.append(
             Middleware(
-                RequestContext,
-                max_body_bytes=settings.max_body_bytes,
-                body_timeout=settings.request_body_timeout,
-                access_log=settings.access_log,
+                CORSMiddleware,
+                allow_origins=settings.cors_origin_list,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+                expose_headers=[
+                    "X-Request-ID",
+                    "Retry-After",
+                    "RateLimit-Limit",
+                    "RateLimit-Remaining",
+                    "RateLimit-Reset",
+                ],
+                max_age=600,
             )
-        ],
-    )
+        )
+    app = Starlette(exception_handlers=EXCEPTION_HANDLERS, middleware=middleware)
     # Starlette takes no router class; its own would try every route's pattern in turn.
     app.router = FixedPathsFirst(routes, lifespan=lifespan)
     return app

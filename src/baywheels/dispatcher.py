@@ -38,6 +38,7 @@ class Waiter:
     deadline: float
     seq: int
     future: asyncio.Future[Task | None] = field(repr=False)
+    actor: str | None = None
     abandoned: bool = False
 
 
@@ -87,9 +88,15 @@ class Dispatcher:
     # Requests
 
     async def next(
-        self, worker_id: str, lease_seconds: int, wait_seconds: float, key: str | None
+        self,
+        worker_id: str,
+        lease_seconds: int,
+        wait_seconds: float,
+        key: str | None,
+        actor: str | None = None,
     ) -> Task | None:
-        """The task assigned to this worker, or None when none was ready within ``wait_seconds``."""
+        """The task assigned to this worker, or None when none was ready within ``wait_seconds``. ``actor``
+        is recorded with the assignment."""
         if (
             wait_seconds <= 0
             and key is None
@@ -97,10 +104,16 @@ class Dispatcher:
             and self._inflight < self._settings.dispatch_concurrency
             and not self._closing
         ):
-            return await self._dispatch_inline(worker_id, lease_seconds)
+            return await self._dispatch_inline(worker_id, lease_seconds, actor)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
-            worker_id, lease_seconds, key, loop.time() + wait_seconds, next(self._seq), loop.create_future()
+            worker_id,
+            lease_seconds,
+            key,
+            loop.time() + wait_seconds,
+            next(self._seq),
+            loop.create_future(),
+            actor,
         )
         self._queue.append(waiter)
         self._pump()
@@ -172,7 +185,7 @@ class Dispatcher:
             self._inflight += 1
             self._spawn(self._run(batch))
 
-    async def _dispatch_inline(self, worker_id: str, lease_seconds: int) -> Task | None:
+    async def _dispatch_inline(self, worker_id: str, lease_seconds: int, actor: str | None) -> Task | None:
         """A statement slot is free and nobody queues for one, so there is nothing to coalesce with: the
         request's own task runs the single-row statement, as _run would, without a waiter, a future and a
         task of its own (at low concurrency, where a real fleet lives, those cost more than they save).
@@ -180,7 +193,7 @@ class Dispatcher:
         statement cancelled under it could leave its task assigned to nobody until the lease ran out."""
         self._inflight += 1
         try:
-            task = await queries.task_dispatch(self._pool, worker_id, lease_seconds, None)
+            task = await queries.task_dispatch(self._pool, worker_id, lease_seconds, None, actor=actor)
         except BaseException:
             self._inflight -= 1
             # As in _run: a task it had locked is free again, unannounced, and whoever queued behind it
@@ -223,7 +236,7 @@ class Dispatcher:
             task = results.get(index)
             if waiter.abandoned or waiter.future.done():
                 if task is not None:
-                    self._spawn(self._give_back(task))
+                    self._spawn(self._give_back(task, waiter.actor))
             elif task is not None:
                 waiter.future.set_result(task)
             elif waiter.deadline <= now or self._draining:
@@ -242,24 +255,31 @@ class Dispatcher:
     async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
         if len(batch) > 1:
             return await queries.task_dispatch_many(
-                self._pool, [w.worker_id for w in batch], [w.lease_seconds for w in batch]
+                self._pool,
+                [w.worker_id for w in batch],
+                [w.lease_seconds for w in batch],
+                actors=[w.actor for w in batch],
             )
         waiter = batch[0]
         if waiter.key is None:
-            task = await queries.task_dispatch(self._pool, waiter.worker_id, waiter.lease_seconds, None)
+            task = await queries.task_dispatch(
+                self._pool, waiter.worker_id, waiter.lease_seconds, None, actor=waiter.actor
+            )
         else:
             # A racing retry with the same Idempotency-Key waits for this one, then gets the same task.
             async with self._pool.acquire() as conn, conn.transaction():
                 await queries.task_dispatch_key_lock(conn, waiter.worker_id, waiter.key)
-                task = await queries.task_dispatch(conn, waiter.worker_id, waiter.lease_seconds, waiter.key)
+                task = await queries.task_dispatch(
+                    conn, waiter.worker_id, waiter.lease_seconds, waiter.key, actor=waiter.actor
+                )
         return {} if task is None else {0: task}
 
-    async def _give_back(self, task: Task) -> None:
-        """The waiter left while its statement ran: hand the task straight back."""
+    async def _give_back(self, task: Task, actor: str | None) -> None:
+        """The waiter left while its statement ran: hand the task straight back (in its caller's name)."""
         assert task.worker_id is not None
         try:
             await queries.task_release(
-                self._pool, task.id, task.worker_id, task.lease_id, "client disconnected"
+                self._pool, task.id, task.worker_id, task.lease_id, "client disconnected", actor=actor
             )
         except Exception:
             # The lease still runs out, and the maintenance loop hands the task out again.

@@ -4,7 +4,11 @@ and the OpenAPI document are both built from them, so the docs cannot drift from
 A handler's signature says what it takes: a parameter named ``body`` is the JSON body and one named ``query``
 the query string, each decoded to the parameter's type before the handler runs. So the type the document
 names is, by construction, the type the handler gets. The errors that every endpoint of a kind can give
-follow from what it takes (``errors``); each declares only its own."""
+follow from what it takes (``errors``); each declares only its own.
+
+Each declares who may call it: ``roles`` (the roles whose keys or tokens may), or ``public=True``. One of them
+is required, so an endpoint cannot be added without a rule; ``_serve`` enforces it (auth.Guard) before the
+body is read, and the role matrix test is generated from these declarations."""
 
 import inspect
 import re
@@ -21,6 +25,8 @@ from starlette.routing import BaseRoute, Route, Router
 from starlette.types import Receive, Scope, Send
 
 from . import requests
+from .models import Role
+from .state import app_state
 
 Handler = Callable[..., Awaitable[Response]]
 H = TypeVar("H", bound=Handler)
@@ -50,6 +56,11 @@ class Endpoint:
     database: bool = True
     description: str = ""
     headers: tuple[Header, ...] = ()
+    # Who may call it; None: anyone, without a token.
+    roles: frozenset[Role] | None = None
+    # A boolean setting that, when true, makes the endpoint public (METRICS_PUBLIC).
+    public_setting: str | None = None
+    media_type: str = "application/json"
 
     @property
     def operation_id(self) -> str:
@@ -68,6 +79,9 @@ class Endpoint:
             408: self.body is not None,
             413: self.body is not None,
             503: self.database,
+            401: self.roles is not None,
+            403: self.roles is not None,
+            429: self.roles is not None,
         }
         return tuple(sorted({status for status, applies in common.items() if applies} | set(self.own_errors)))
 
@@ -75,10 +89,12 @@ class Endpoint:
         return Route(self.path, self._serve(), methods=[self.method], name=self.operation_id)
 
     def _serve(self) -> Callable[[Request], Awaitable[Response]]:
-        """The route's endpoint: the handler, with its body and query decoded. Built once per kind of
-        handler, so that a request pays for no more than its handler takes."""
+        """The route's endpoint: who may call it checked (before the body is read), then the handler, with
+        its body and query decoded. Built once per kind of handler, so that a request pays for no more than
+        its handler takes."""
         handler, body_type, query_type = self.handler, self.body, self.query
         decode = requests.body if self.body_required else requests.optional_body
+        serve: Callable[[Request], Awaitable[Response]]
         if body_type is not None and query_type is not None:
 
             async def serve(request: Request) -> Response:
@@ -96,8 +112,18 @@ class Endpoint:
                 return await handler(request, query=requests.query(request, query_type))
 
         else:
-            return handler
-        return serve
+            serve = handler
+        if self.roles is None:
+            return serve
+        endpoint, public_setting, admitted = self, self.public_setting, serve
+
+        async def guarded(request: Request) -> Response:
+            state = app_state(request)
+            if public_setting is None or not getattr(state.settings, public_setting):
+                await state.guard.admit(request, endpoint)
+            return await admitted(request)
+
+        return guarded
 
 
 class Options(TypedDict, total=False):
@@ -107,6 +133,10 @@ class Options(TypedDict, total=False):
     database: bool
     description: str
     headers: tuple[Header, ...]
+    roles: tuple[Role, ...]
+    public: bool
+    public_setting: str
+    media_type: str
 
 
 class Endpoints:
@@ -125,11 +155,20 @@ class Endpoints:
     def post(self, path: str, summary: str, response: Any, **options: Unpack[Options]) -> Callable[[H], H]:
         return self._declare("POST", path, summary, response, options)
 
+    def delete(self, path: str, summary: str, response: Any, **options: Unpack[Options]) -> Callable[[H], H]:
+        return self._declare("DELETE", path, summary, response, options)
+
     def _declare(
         self, method: str, path: str, summary: str, response: Any, options: Options
     ) -> Callable[[H], H]:
         def declare(handler: H) -> H:
             decoded = decoded_types(handler)
+            public = options.get("public", False)
+            roles = options.get("roles")
+            if public == (roles is not None):
+                raise TypeError(
+                    f"{handler.__qualname__}: declare who may call it, roles=(...) or public=True"
+                )
             self._endpoints.append(
                 Endpoint(
                     method,
@@ -146,6 +185,9 @@ class Endpoints:
                     database=options.get("database", True),
                     description=options.get("description", ""),
                     headers=options.get("headers", ()),
+                    roles=None if roles is None else frozenset(roles),
+                    public_setting=options.get("public_setting"),
+                    media_type=options.get("media_type", "application/json"),
                 )
             )
             return handler

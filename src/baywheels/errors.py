@@ -47,8 +47,25 @@ class Conflict(ServiceError):
     status_code = 409
 
 
+class Unauthorized(ServiceError):
+    """No credential, or one we do not accept (missing, malformed, unknown, expired, revoked)."""
+
+    status_code = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, {"WWW-Authenticate": 'Bearer realm="baywheels"'})
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
 class PayloadTooLarge(ServiceError):
     status_code = 413
+
+
+class TooManyRequests(ServiceError):
+    status_code = 429
 
 
 class Unavailable(ServiceError):

@@ -13,7 +13,6 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from starlette.requests import Request
 from starlette.responses import Response
 
 REQUESTS = Counter("baywheels_http_requests_total", "HTTP requests answered.", ["method", "route", "status"])
@@ -39,7 +38,7 @@ TRANSITIONS = Counter(
 )
 
 
-async def metrics(request: Request) -> Response:
+def exposition() -> Response:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
     registry = CollectorRegistry()

@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 import msgspec
-from msgspec import Meta
+from msgspec import UNSET, Meta, UnsetType
 
 INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
@@ -58,10 +58,14 @@ class Error(Model, frozen=True, kw_only=True):
     detail: str
 
 
-class Health(Model, frozen=True, kw_only=True):
-    """Liveness or readiness."""
+AUTH_OFF_WARNING = "Authentication is off (AUTH=off): anyone who can reach the service may do anything"
+
+
+class Health(Model, frozen=True, kw_only=True, omit_defaults=True):
+    """Liveness or readiness; `warning` when the service runs with authentication off."""
 
     status: str
+    warning: str | None = None
 
 
 class SuggestionIn(Model, frozen=True, kw_only=True):
@@ -131,10 +135,17 @@ class ApproveManyRequest(Model, frozen=True, kw_only=True):
     suggestion_ids: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
 
 
+# A worker key implies its worker_id (naming another is a 403); any other caller names the worker it acts for.
+HolderId = Annotated[
+    WorkerId | UnsetType,
+    Meta(description="The field worker's id: implied by a worker's key, required with any other credential."),
+]
+
+
 class DispatchRequest(Model, frozen=True, kw_only=True):
     """A worker asking for its next task; with `wait_seconds`, the request waits that long for one."""
 
-    worker_id: WorkerId
+    worker_id: HolderId = UNSET
     lease_seconds: LeaseSeconds | None = None
     wait_seconds: Annotated[float, Meta(ge=0, le=30)] = 0
 
@@ -142,14 +153,14 @@ class DispatchRequest(Model, frozen=True, kw_only=True):
 class HolderRequest(Model, frozen=True, kw_only=True):
     """A call from the worker holding a task; with `lease_id`, only that lease (dispatch) is accepted."""
 
-    worker_id: WorkerId
+    worker_id: HolderId = UNSET
     lease_id: UUID | None = None
 
 
 class HeartbeatRequest(Model, frozen=True, kw_only=True):
     """Extend the lease, by `lease_seconds` or by the length it was dispatched with."""
 
-    worker_id: WorkerId
+    worker_id: HolderId = UNSET
     lease_id: UUID | None = None
     lease_seconds: LeaseSeconds | None = None
 
@@ -157,7 +168,7 @@ class HeartbeatRequest(Model, frozen=True, kw_only=True):
 class ReleaseRequest(Model, frozen=True, kw_only=True):
     """Hand a task back to `ready` now, without counting an attempt."""
 
-    worker_id: WorkerId
+    worker_id: HolderId = UNSET
     lease_id: UUID | None = None
     reason: Note | None = None
 
@@ -165,7 +176,7 @@ class ReleaseRequest(Model, frozen=True, kw_only=True):
 class FailRequest(Model, frozen=True, kw_only=True):
     """Report a failed attempt; the task is retried after a backoff, or dead-lettered as `failed`."""
 
-    worker_id: WorkerId
+    worker_id: HolderId = UNSET
     lease_id: UUID | None = None
     error: Annotated[str, Meta(min_length=1, max_length=2000, pattern=NO_NUL)]
 
@@ -215,12 +226,66 @@ class ApproveManyResult(Model, frozen=True, kw_only=True):
 
 
 class TaskEvent(Model, frozen=True, kw_only=True):
-    """One transition in a task's history."""
+    """One transition in a task's history, and who made it (`actor`: a key id, `oidc:<subject>`,
+    `env:ADMIN_API_KEY`, `system` for lease rescue, `anonymous` with AUTH=off; null before auth existed)."""
 
     event: str
     worker_id: str | None
     detail: str | None
     at: datetime
+    actor: str | None
+
+
+Role = Literal["worker", "ml", "operator", "viewer", "metrics", "admin"]
+ROLES: tuple[Role, ...] = ("worker", "ml", "operator", "viewer", "metrics", "admin")
+KeyName = Annotated[str, Meta(max_length=200, pattern=NO_NUL, description="A note for people: whose key.")]
+
+
+class KeyCreate(Model, frozen=True, kw_only=True):
+    """A new API key: a `worker` key needs the `worker_id` it belongs to, and no other role takes one."""
+
+    role: Role
+    worker_id: WorkerId | None = None
+    name: KeyName | None = None
+    expires_at: Annotated[datetime, Meta(tz=True, description="Refused from then on (RFC 3339).")] | None = (
+        None
+    )
+
+    def __post_init__(self) -> None:
+        if self.role == "worker" and self.worker_id is None:
+            raise ValueError("a worker key needs the worker_id it belongs to")
+        if self.role != "worker" and self.worker_id is not None:
+            raise ValueError(f"only a worker key belongs to a worker_id, not a {self.role} key")
+        if self.expires_at is not None and not _storable(self.expires_at):
+            raise ValueError("expires_at is out of range once converted to UTC")
+
+
+class KeyCreated(Model, frozen=True, kw_only=True):
+    """The new key: `key` is shown this once and never again (only its digest is kept); `key_id` is its
+    public part."""
+
+    key_id: str
+    key: str
+    role: Role
+    worker_id: str | None
+    name: str | None
+    created_at: datetime
+    expires_at: datetime | None
+
+
+class ApiKey(Model, frozen=True, kw_only=True):
+    """An API key as listed: never the secret. Revoked keys stay listed."""
+
+    key_id: str
+    role: Role
+    worker_id: str | None
+    name: str | None
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    last_used_at: datetime | None
 
 
 class SuggestionPage(Model, frozen=True, kw_only=True):

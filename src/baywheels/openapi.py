@@ -12,7 +12,7 @@ from starlette.responses import HTMLResponse, Response
 
 from .endpoints import PATH_PARAM, Endpoint
 from .handlers import ENDPOINTS
-from .models import Error
+from .models import ROLES, Error
 
 _STATUS_TEXT = {
     400: "Invalid request: the detail names the field",
@@ -21,6 +21,31 @@ _STATUS_TEXT = {
     409: "Conflicts with the task's current state",
     413: "Request body too large",
     503: "Database unavailable; retry after Retry-After seconds",
+    401: "Missing, malformed, unknown, expired or revoked credentials (`WWW-Authenticate: Bearer`)",
+    403: "The credential's role may not do this: the detail names the role that may",
+    429: "Over the caller's rate limit (`Retry-After`, `RateLimit-Limit`, `RateLimit-Remaining`, "
+    "`RateLimit-Reset`)",
+}
+
+# The roles table of the README, for the document's description.
+_ROLES_TABLE = """| role | may |
+| --- | --- |
+| `worker` | dispatch; heartbeat, pickup, complete, release, fail **its own** tasks; read its own tasks |
+| `ml` | post and list suggestions |
+| `operator` | what `ml` and `viewer` may, and approve, cancel, retry |
+| `viewer` | read suggestions, tasks, events, metrics |
+| `metrics` | `GET /metrics` only |
+| `admin` | everything: dispatch and a holder's calls for any worker (naming `worker_id`), and keys |"""
+
+_SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": (
+            "An API key (`bw_...`, from `baywheels keys create` or `POST /keys`) or an OIDC access token "
+            "from the organisation's identity provider."
+        ),
+    }
 }
 
 
@@ -38,10 +63,19 @@ def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any]
         "operationId": endpoint.operation_id,
         "tags": [endpoint.tag],
     }
-    if endpoint.description:
-        operation["description"] = endpoint.description
+    description = endpoint.description
+    if endpoint.roles is None:
+        operation["security"] = []
+    else:
+        roles = [role for role in ROLES if role in endpoint.roles]
+        operation["security"] = [{"bearer": []}]
+        operation["x-roles"] = roles
+        who = "Roles: " + ", ".join(f"`{role}`" for role in roles) + "."
+        description = f"{description}\n\n{who}" if description else who
+    if description:
+        operation["description"] = description
     parameters = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+        {"name": name, "in": "path", "required": True, "schema": _path_schema(endpoint, name)}
         for name in endpoint.path_params
     ]
     if query is not None:
@@ -67,12 +101,10 @@ def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any]
             "required": endpoint.body_required,
             "content": {"application/json": {"schema": schema["body"]}},
         }
-    responses: dict[str, Any] = {
-        str(endpoint.status): {
-            "description": "Success",
-            "content": {"application/json": {"schema": schema["response"]}},
-        }
-    }
+    success: dict[str, Any] = {"description": "Success"}
+    if endpoint.response is not None:
+        success["content"] = {endpoint.media_type: {"schema": schema["response"]}}
+    responses: dict[str, Any] = {str(endpoint.status): success}
     error_ref = {"$ref": "#/components/schemas/Error"}
     for status in endpoint.errors:
         responses[str(status)] = {
@@ -81,6 +113,12 @@ def _operation(endpoint: Endpoint, schema: dict[str, Any], query: dict[str, Any]
         }
     operation["responses"] = responses
     return operation
+
+
+def _path_schema(endpoint: Endpoint, name: str) -> dict[str, Any]:
+    if f"{{{name}:id}}" in endpoint.path:
+        return {"type": "integer", "minimum": 1}
+    return {"type": "string", "minLength": 1}
 
 
 def build() -> dict[str, Any]:
@@ -106,11 +144,14 @@ def build() -> dict[str, Any]:
             "version": "0.1.0",
             "description": (
                 "Rebalancing suggestions from the ML engine, approved by operators into tasks that field "
-                'workers take and complete. Every error body is `{"detail": "..."}`.'
+                'workers take and complete. Every error body is `{"detail": "..."}`.\n\n'
+                "Every operation but the banner, the probes and these docs needs `Authorization: Bearer "
+                "<token>` (the Authorize button): an API key or an OIDC token, whose role decides what it "
+                "may do. A worker's key acts for its own `worker_id` only.\n\n" + _ROLES_TABLE
             ),
         },
         "paths": paths,
-        "components": {"schemas": components},
+        "components": {"schemas": components, "securitySchemes": _SECURITY_SCHEMES},
     }
 
 
@@ -121,9 +162,24 @@ _SWAGGER_PAGE = """<!doctype html>
 <script src="/static/docs/swagger-ui-dist/swagger-ui-bundle.js"></script>
 <script src="/docs/init.js"></script></body></html>"""
 
+# persistAuthorization: the key given to "Authorize" survives a reload (in the page's local storage).
 _SWAGGER_INIT = (
-    b"""window.ui = SwaggerUIBundle({url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true});"""
+    b"window.ui = SwaggerUIBundle("
+    b"""{url: "/openapi.json", dom_id: "#swagger-ui", deepLinking: true, persistAuthorization: true});"""
 )
+
+# The docs pages load only our own files; the inline styles are Swagger UI's and ReDoc's, ReDoc's worker a
+# blob. No framing (clickjacking), no sniffing, no referrer to other sites.
+DOCS_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; "
+        "worker-src 'self' blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 _REDOC_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>Bay Wheels dispatch API</title></head>
@@ -136,15 +192,15 @@ async def openapi_json(request: Request) -> Response:
 
 
 async def swagger_ui(request: Request) -> Response:
-    return HTMLResponse(_SWAGGER_PAGE)
+    return HTMLResponse(_SWAGGER_PAGE, headers=DOCS_HEADERS)
 
 
 async def swagger_init(request: Request) -> Response:
-    return Response(_SWAGGER_INIT, media_type="text/javascript")
+    return Response(_SWAGGER_INIT, media_type="text/javascript", headers=DOCS_HEADERS)
 
 
 async def redoc(request: Request) -> Response:
-    return HTMLResponse(_REDOC_PAGE)
+    return HTMLResponse(_REDOC_PAGE, headers=DOCS_HEADERS)
 
 
 @functools.cache

@@ -12,7 +12,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from . import sql
-from .models import Suggestion, SuggestionIn, Task, TaskEvent
+from .models import ApiKey, Role, Suggestion, SuggestionIn, Task, TaskEvent
 
 Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
@@ -50,6 +50,71 @@ class TaskChange:
 
 def _change(row: asyncpg.Record | None) -> TaskChange | None:
     return None if row is None else TaskChange(_task(row), row["changed"])
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What authentication needs of a key (its digest included), as api_key_authenticate reads it."""
+
+    key_id: str
+    digest: bytes
+    role: Role
+    worker_id: str | None
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+_API_KEY_FIELDS = ApiKey.__struct_fields__
+
+
+def _api_key(row: asyncpg.Record) -> ApiKey:
+    return ApiKey(**{field: row[field] for field in _API_KEY_FIELDS})
+
+
+# api_key.sql
+
+
+async def api_key_authenticate(conn: Conn, key_id: str, now: datetime | None = None) -> KeyRecord | None:
+    row = await conn.fetchrow(_API_KEY_AUTHENTICATE, key_id, now)
+    return None if row is None else KeyRecord(**dict(row))
+
+
+async def api_key_bootstrap_lock(conn: Conn) -> None:
+    await conn.execute(_API_KEY_BOOTSTRAP_LOCK)
+
+
+async def api_key_count(conn: Conn) -> int:
+    count: int = await conn.fetchval(_API_KEY_COUNT)
+    return count
+
+
+async def api_key_create(
+    conn: Conn,
+    key_id: str,
+    digest: bytes,
+    role: Role,
+    worker_id: str | None,
+    name: str | None,
+    expires_at: datetime | None,
+    created_by: str,
+    now: datetime | None = None,
+) -> ApiKey:
+    row = await conn.fetchrow(
+        _API_KEY_CREATE, key_id, digest, role, worker_id, name, expires_at, created_by, now
+    )
+    assert row is not None
+    return _api_key(row)
+
+
+async def api_key_list(conn: Conn) -> list[ApiKey]:
+    return [_api_key(row) for row in await conn.fetch(_API_KEY_LIST)]
+
+
+async def api_key_revoke(
+    conn: Conn, key_id: str, revoked_by: str, now: datetime | None = None
+) -> ApiKey | None:
+    row = await conn.fetchrow(_API_KEY_REVOKE, key_id, revoked_by, now)
+    return None if row is None else _api_key(row)
 
 
 # health.sql
@@ -121,27 +186,39 @@ async def suggestion_upsert_batch(conn: Conn, items: Sequence[SuggestionIn]) -> 
 
 
 async def task_approve_many(
-    conn: Conn, suggestion_ids: Sequence[int], now: datetime | None = None
+    conn: Conn, suggestion_ids: Sequence[int], now: datetime | None = None, *, actor: str | None = None
 ) -> list[Task]:
-    return _tasks(await conn.fetch(_TASK_APPROVE_MANY, suggestion_ids, now))
+    return _tasks(await conn.fetch(_TASK_APPROVE_MANY, suggestion_ids, now, actor))
 
 
 async def task_cancel(
-    conn: Conn, task_id: int, reason: str | None, now: datetime | None = None
+    conn: Conn, task_id: int, reason: str | None, now: datetime | None = None, *, actor: str | None = None
 ) -> TaskChange | None:
-    return _change(await conn.fetchrow(_TASK_CANCEL, task_id, reason, now))
+    return _change(await conn.fetchrow(_TASK_CANCEL, task_id, reason, now, actor))
 
 
 async def task_complete(
-    conn: Conn, task_id: int, worker_id: str | None, lease_id: UUID | None, now: datetime | None = None
+    conn: Conn,
+    task_id: int,
+    worker_id: str | None,
+    lease_id: UUID | None,
+    now: datetime | None = None,
+    *,
+    actor: str | None = None,
 ) -> TaskChange | None:
-    return _change(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id, now))
+    return _change(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id, now, actor))
 
 
 async def task_dispatch(
-    conn: Conn, worker_id: str, lease_seconds: int, key: str | None, now: datetime | None = None
+    conn: Conn,
+    worker_id: str,
+    lease_seconds: int,
+    key: str | None,
+    now: datetime | None = None,
+    *,
+    actor: str | None = None,
 ) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key, now))
+    return _task_or_none(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key, now, actor))
 
 
 async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
@@ -149,10 +226,16 @@ async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
 
 
 async def task_dispatch_many(
-    conn: Conn, worker_ids: Sequence[str], lease_seconds: Sequence[int], now: datetime | None = None
+    conn: Conn,
+    worker_ids: Sequence[str],
+    lease_seconds: Sequence[int],
+    now: datetime | None = None,
+    *,
+    actors: Sequence[str | None] | None = None,
 ) -> dict[int, Task]:
-    """Tasks by the 0-based index of the worker they went to."""
-    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds, now)
+    """Tasks by the 0-based index of the worker they went to; ``actors`` aligned with the workers."""
+    actors = [None] * len(worker_ids) if actors is None else actors
+    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds, now, actors)
     return {row["ord"] - 1: _task(row) for row in rows}
 
 
@@ -169,9 +252,11 @@ async def task_fail(
     backoff_seconds: float,
     max_attempts: int,
     now: datetime | None = None,
+    *,
+    actor: str | None = None,
 ) -> TaskChange | None:
     row = await conn.fetchrow(
-        _TASK_FAIL, task_id, worker_id, lease_id, error, backoff_seconds, max_attempts, now
+        _TASK_FAIL, task_id, worker_id, lease_id, error, backoff_seconds, max_attempts, now, actor
     )
     return _change(row)
 
@@ -211,9 +296,15 @@ async def task_notify_due(conn: Conn, since: datetime, now: datetime | None = No
 
 
 async def task_pickup(
-    conn: Conn, task_id: int, worker_id: str, lease_id: UUID | None, now: datetime | None = None
+    conn: Conn,
+    task_id: int,
+    worker_id: str,
+    lease_id: UUID | None,
+    now: datetime | None = None,
+    *,
+    actor: str | None = None,
 ) -> TaskChange | None:
-    return _change(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id, now))
+    return _change(await conn.fetchrow(_TASK_PICKUP, task_id, worker_id, lease_id, now, actor))
 
 
 async def task_release(
@@ -223,8 +314,10 @@ async def task_release(
     lease_id: UUID | None,
     reason: str | None,
     now: datetime | None = None,
+    *,
+    actor: str | None = None,
 ) -> TaskChange | None:
-    return _change(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason, now))
+    return _change(await conn.fetchrow(_TASK_RELEASE, task_id, worker_id, lease_id, reason, now, actor))
 
 
 async def task_rescue_expired(
@@ -242,12 +335,18 @@ async def task_rescue_expired(
 
 
 async def task_retry(
-    conn: Conn, task_id: int, reason: str | None, now: datetime | None = None
+    conn: Conn, task_id: int, reason: str | None, now: datetime | None = None, *, actor: str | None = None
 ) -> TaskChange | None:
-    return _change(await conn.fetchrow(_TASK_RETRY, task_id, reason, now))
+    return _change(await conn.fetchrow(_TASK_RETRY, task_id, reason, now, actor))
 
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
+_API_KEY_AUTHENTICATE = _query_text("api_key_authenticate", "one")
+_API_KEY_BOOTSTRAP_LOCK = _query_text("api_key_bootstrap_lock", "exec")
+_API_KEY_COUNT = _query_text("api_key_count", "one")
+_API_KEY_CREATE = _query_text("api_key_create", "one")
+_API_KEY_LIST = _query_text("api_key_list", "many")
+_API_KEY_REVOKE = _query_text("api_key_revoke", "one")
 _HEALTH_PING = _query_text("health_ping", "one")
 _MAINTENANCE_TRY_LOCK = _query_text("maintenance_try_lock", "one")
 _MIGRATION_APPLIED = _query_text("migration_applied", "many")

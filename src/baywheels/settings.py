@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
+import limits
 import msgspec
 from msgspec import Meta
 from starlette.config import Config
@@ -19,6 +20,10 @@ Seconds = Annotated[float, Meta(gt=0)]
 Port = Annotated[int, Meta(ge=0, le=65535)]
 PoolSize = Annotated[int, Meta(ge=0, le=1000)]
 DatabaseUrl = Annotated[str, Meta(pattern="^postgres(ql)?://", description="postgresql://user:pass@host/db")]
+# `limits` notation: "100/second", "20/second;600/minute".
+RateLimit = Annotated[str, Meta(min_length=1, max_length=200)]
+# Never echoed in an error, a log line or anywhere else.
+SECRETS = frozenset({"database_url", "admin_api_key"})
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -80,6 +85,49 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Seconds from SIGTERM to exit: waiting long-polls are answered at once, requests in flight get this long
     # less a reserve for closing the pool (a quarter of it, 1 to 5 s).
     shutdown_grace_seconds: Annotated[int, Meta(ge=2, le=3600)] = 20
+    # Who may call what (README, "Who may do what"). Off only explicitly: local experiments, the benchmark.
+    auth: Literal["on", "off"] = "on"
+    # Accepted as an admin's credential whenever set (compose, a Kubernetes secret).
+    admin_api_key: Annotated[str, Meta(min_length=32, max_length=1024, pattern="^[\x21-\x7e]+$")] | None = (
+        None
+    )
+    # Seconds a verified key stays cached in a process: revocation and expiry reach every instance within it
+    # plus one lookup (the README promises 5 s).
+    auth_cache_seconds: Annotated[float, Meta(ge=0, le=4)] = 2.0
+    # OIDC for people: tokens from this issuer (its discovery document names the JWKS), for this audience,
+    # their role in this claim (a dotted path such as realm_access.roles reaches into an object).
+    oidc_issuer: str | None = None
+    oidc_audience: str | None = None
+    # A JWKS file instead of the issuer's (air-gapped sites); OIDC_ISSUER still names the expected `iss`.
+    oidc_jwks_file: str | None = None
+    oidc_role_claim: Annotated[str, Meta(min_length=1, max_length=200)] = "roles"
+    # Requests per key by role, and per client IP for requests without a valid token (401s included). The
+    # defaults are far above a worker's long-poll and heartbeat rhythm and the ML engine's batches.
+    rate_limit_worker: RateLimit = "50/second"
+    rate_limit_ml: RateLimit = "20/second"
+    rate_limit_operator: RateLimit = "50/second"
+    rate_limit_viewer: RateLimit = "50/second"
+    rate_limit_metrics: RateLimit = "5/second"
+    rate_limit_admin: RateLimit = "100/second"
+    rate_limit_anonymous: RateLimit = "20/second"
+    # fixed-window (cheapest: a counter per key and window; a burst may reach twice the rate across a window's
+    # edge), sliding-window-counter (smoother, about twice the cost) or moving-window (exact, a timestamp per
+    # request: the costliest with many keys).
+    rate_limit_strategy: Literal["fixed-window", "sliding-window-counter", "moving-window"] = "fixed-window"
+    # memory:// (each process counts alone) or redis://host:port/db (instances share one budget).
+    rate_limit_storage: Annotated[str, Meta(pattern="^(memory://|rediss?://)")] = "memory://"
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (uvicorn's setting): comma-separated IPs
+    # or networks, "*" for any.
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Waiting (long-poll) dispatches a worker key may have at once in one process; more get 429.
+    max_long_polls_per_key: Annotated[int, Meta(ge=1, le=1000)] = 2
+    # GET /metrics without a key (a Prometheus inside a trusted network).
+    metrics_public: bool = False
+    # Origins a browser may call from (comma-separated), for a dashboard served elsewhere. Empty: none.
+    cors_origins: str = ""
+    # TLS terminated by the service itself; both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     def __post_init__(self) -> None:
         if self.pool_min_size > self.pool_max_size:
@@ -88,6 +136,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError(
                 "DISPATCH_CONCURRENCY must be below POOL_MAX_SIZE, leaving connections for the rest"
             )
+        for role in ("worker", "ml", "operator", "viewer", "metrics", "admin", "anonymous"):
+            value = getattr(self, f"rate_limit_{role}")
+            try:
+                limits.parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    f"RATE_LIMIT_{role.upper()}={value!r} is not a rate such as 100/second or "
+                    "20/second;600/minute"
+                ) from None
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
+        if self.oidc_jwks_file is not None and self.oidc_issuer is None:
+            raise ValueError("OIDC_JWKS_FILE needs OIDC_ISSUER, the issuer its tokens must name")
+        if self.oidc_issuer is not None and self.oidc_audience is None:
+            raise ValueError("OIDC_ISSUER needs OIDC_AUDIENCE, the audience its tokens must name")
+
+    @property
+    def auth_on(self) -> bool:
+        return self.auth == "on"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
 
     @property
     def behind_pooler(self) -> bool:
@@ -139,5 +210,9 @@ def _settings(raw: dict[str, object]) -> Settings:
             message = message[: match.start()]
             if name in ("DATABASE_URL", "DIRECT_DATABASE_URL"):  # may carry a password: never echoed
                 raise SettingsError(f"invalid {name}: not a postgresql:// or postgres:// URL") from None
+            if name == "DATABASE_URL":  # may carry a password: never echoed
+                raise SettingsError("invalid DATABASE_URL: not a postgresql:// or postgres:// URL") from None
+            if match[1] in SECRETS:
+                raise SettingsError(f"invalid {name}: {message}") from None
             raise SettingsError(f"invalid {name}={raw.get(match[1])!r}: {message}") from None
         raise SettingsError(f"invalid settings: {message}") from None

@@ -1,7 +1,7 @@
 """What the lifespan opens and every request may use, as one typed object (Starlette's lifespan state)."""
 
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import asyncpg
 from starlette.requests import Request
@@ -9,12 +9,16 @@ from starlette.requests import Request
 from .dispatcher import Dispatcher
 from .settings import Settings
 
+if TYPE_CHECKING:
+    from .auth import Guard
+
 
 @dataclass(frozen=True, slots=True)
 class AppState:
     settings: Settings
     pool: asyncpg.Pool
     dispatcher: Dispatcher
+    guard: "Guard"
 
 
 # The lifespan yields {STATE_KEY: AppState}; the server hands each request a copy as ``scope["state"]``.

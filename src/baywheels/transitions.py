@@ -25,10 +25,15 @@ def decide(
     result: TaskChange | None,
     worker_id: str | None = None,
     lease_id: UUID | None = None,
+    bound: str | None = None,
 ) -> TaskChange:
     """The result, if the caller gets the task; else raises NotFound or a Conflict that says why. The
-    holder's repeats of a change that already went through (complete, pickup) get the task as it is."""
-    if result is None:
+    holder's repeats of a change that already went through (complete, pickup) get the task as it is. A
+    caller bound to a worker (its key's) gets 404 for a task that is not that worker's, exactly as for one
+    that does not exist, so ids cannot be probed."""
+    # A change made by a bound caller was to its own task (its worker_id was in the statement's WHERE), even
+    # where the change cleared it (release, fail).
+    if result is None or (bound is not None and not result.changed and result.task.worker_id != bound):
         raise NotFound(f"Task with id {task_id} not found")
     task = result.task
     if result.changed or _repeat(action, task, worker_id, lease_id):
@@ -86,9 +91,10 @@ def answer(
     result: TaskChange | None,
     worker_id: str | None = None,
     lease_id: UUID | None = None,
+    bound: str | None = None,
 ) -> Response:
     """The response to a state change: ``decide``, counting the transition when this call made it."""
-    done = decide(action, task_id, result, worker_id, lease_id)
+    done = decide(action, task_id, result, worker_id, lease_id, bound)
     event = _EVENT[action]
     if action == "fail" and done.task.status == "failed":
         event = "failed"  # the dead letter

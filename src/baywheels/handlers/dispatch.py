@@ -6,6 +6,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..auth import acting_worker, principal
 from ..endpoints import Endpoints
 from ..errors import CLIENT_CLOSED, BadRequest, NotFound
 from ..metrics import DISPATCHES
@@ -43,16 +44,25 @@ class ClientGone(Exception):
             "key gets the task it holds under that key, for as long as it holds it, not a second one.",
         ),
     ),
+    roles=("worker", "admin"),
 )
 async def dispatch_next(request: Request, body: DispatchRequest) -> Response:
+    worker_id = acting_worker(request, body.worker_id)
     key = request.headers.get("idempotency-key")
     if key is not None and not _SANE_KEY.match(key):
         raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
     state = app_state(request)
+    caller = principal(request)
     lease_seconds = body.lease_seconds or state.settings.task_lease_seconds
-    waiting = state.dispatcher.next(body.worker_id, lease_seconds, body.wait_seconds, key)
     try:
-        task = await (_unless_disconnected(request, waiting) if body.wait_seconds > 0 else waiting)
+        if body.wait_seconds > 0:
+            with state.guard.long_poll(caller):
+                waiting = state.dispatcher.next(
+                    worker_id, lease_seconds, body.wait_seconds, key, caller.actor
+                )
+                task = await _unless_disconnected(request, waiting)
+        else:
+            task = await state.dispatcher.next(worker_id, lease_seconds, 0, key, caller.actor)
     except ClientGone:
         DISPATCHES.labels("abandoned").inc()
         return Response(status_code=CLIENT_CLOSED)

@@ -5,6 +5,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
+from ..auth import principal
 from ..endpoints import Endpoints
 from ..models import OperatorRequest, Task
 from ..requests import path_id, pool
@@ -19,10 +20,14 @@ endpoints = Endpoints("operator")
     Task,
     errors=(409,),
     body_required=False,
+    roles=("operator", "admin"),
 )
 async def cancel(request: Request, body: OperatorRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    return answer("cancel", task_id, await queries.task_cancel(pool(request), task_id, body.reason))
+    actor = principal(request).actor
+    return answer(
+        "cancel", task_id, await queries.task_cancel(pool(request), task_id, body.reason, actor=actor)
+    )
 
 
 @endpoints.post(
@@ -31,7 +36,11 @@ async def cancel(request: Request, body: OperatorRequest) -> Response:
     Task,
     errors=(409,),
     body_required=False,
+    roles=("operator", "admin"),
 )
 async def retry(request: Request, body: OperatorRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    return answer("retry", task_id, await queries.task_retry(pool(request), task_id, body.reason))
+    actor = principal(request).actor
+    return answer(
+        "retry", task_id, await queries.task_retry(pool(request), task_id, body.reason, actor=actor)
+    )

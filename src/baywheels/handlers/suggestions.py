@@ -12,7 +12,12 @@ from ..responses import MsgspecResponse
 endpoints = Endpoints("suggestions")
 
 
-@endpoints.get("/suggestions", "List pending suggestions, oldest first", list[Suggestion])
+@endpoints.get(
+    "/suggestions",
+    "List pending suggestions, oldest first",
+    list[Suggestion],
+    roles=("ml", "viewer", "operator", "admin"),
+)
 async def list_suggestions(request: Request, query: SuggestionPage) -> Response:
     return MsgspecResponse(await queries.suggestion_list(pool(request), query.after_id, query.limit))
 
@@ -22,6 +27,7 @@ async def list_suggestions(request: Request, query: SuggestionPage) -> Response:
     "Ingest a batch of suggestions from the ML engine",
     IngestResult,
     status=201,
+    roles=("ml", "operator", "admin"),
     description=(
         "Per station pair: a pending suggestion is updated in place, a pair with an open task is skipped "
         "(null id, counted as a duplicate), and within the batch the last item for a pair wins."

@@ -1,11 +1,13 @@
-"""Tasks: approval, the holder's calls (each one statement, answered by transitions.answer) and reads."""
+"""Tasks: approval, the holder's calls (each one statement, answered by transitions.answer) and reads. A
+worker's key acts for its own worker_id only, and sees only its own tasks: another's answers 404."""
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
+from ..auth import acting_worker, bound_worker, principal
 from ..endpoints import Endpoints
-from ..errors import NotFound
+from ..errors import Forbidden, NotFound
 from ..metrics import TRANSITIONS
 from ..models import (
     ApproveManyRequest,
@@ -16,6 +18,7 @@ from ..models import (
     HeartbeatRequest,
     HolderRequest,
     ReleaseRequest,
+    Role,
     Task,
     TaskEvent,
     TaskPage,
@@ -34,10 +37,11 @@ endpoints = Endpoints("tasks")
     Task,
     errors=(404,),
     description="Approving an already approved suggestion returns its task again.",
+    roles=("operator", "admin"),
 )
 async def approve(request: Request, body: ApproveRequest) -> Response:
     db = pool(request)
-    created = await queries.task_approve_many(db, [body.suggestion_id])
+    created = await queries.task_approve_many(db, [body.suggestion_id], actor=principal(request).actor)
     if created:
         TRANSITIONS.labels("approved").inc()
         return MsgspecResponse(created[0])
@@ -48,11 +52,16 @@ async def approve(request: Request, body: ApproveRequest) -> Response:
     raise NotFound(f"Suggestion with id {body.suggestion_id} not found")
 
 
-@endpoints.post("/tasks/approve", "Approve several suggestions in one transaction", ApproveManyResult)
+@endpoints.post(
+    "/tasks/approve",
+    "Approve several suggestions in one transaction",
+    ApproveManyResult,
+    roles=("operator", "admin"),
+)
 async def approve_many(request: Request, body: ApproveManyRequest) -> Response:
     ids = list(dict.fromkeys(body.suggestion_ids))
     async with pool(request).acquire() as conn, conn.transaction():
-        created = await queries.task_approve_many(conn, ids)
+        created = await queries.task_approve_many(conn, ids, actor=principal(request).actor)
         tasks = created
         if len(created) < len(ids):
             tasks = await queries.task_list_by_suggestions(conn, ids)
@@ -72,23 +81,34 @@ async def approve_many(request: Request, body: ApproveManyRequest) -> Response:
     errors=(409,),
     body_required=False,
     description=(
-        "With `worker_id`, only the holder may complete the task, and the holder repeating the call "
-        "gets the completed task again."
+        "With `worker_id` (a worker's key implies its own), only the holder may complete the task, and the "
+        "holder repeating the call gets the completed task again."
     ),
+    roles=("worker", "admin"),
 )
 async def complete(request: Request, body: CompleteRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    result = await queries.task_complete(pool(request), task_id, body.worker_id, body.lease_id)
-    return answer("complete", task_id, result, body.worker_id, body.lease_id)
+    bound = bound_worker(request)
+    worker_id = body.worker_id if bound is None else acting_worker(request, body.worker_id)
+    actor = principal(request).actor
+    result = await queries.task_complete(pool(request), task_id, worker_id, body.lease_id, actor=actor)
+    return answer("complete", task_id, result, worker_id, body.lease_id, bound)
 
 
-@endpoints.post("/task/{task_id:id}/heartbeat", "Extend the holder's lease", Task, errors=(409,))
+@endpoints.post(
+    "/task/{task_id:id}/heartbeat",
+    "Extend the holder's lease",
+    Task,
+    errors=(409,),
+    roles=("worker", "admin"),
+)
 async def heartbeat(request: Request, body: HeartbeatRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
+    worker_id = acting_worker(request, body.worker_id)
     result = await queries.task_heartbeat(
-        pool(request), task_id, body.worker_id, body.lease_id, body.lease_seconds
+        pool(request), task_id, worker_id, body.lease_id, body.lease_seconds
     )
-    return answer("heartbeat", task_id, result, body.worker_id, body.lease_id)
+    return answer("heartbeat", task_id, result, worker_id, body.lease_id, bound_worker(request))
 
 
 @endpoints.post(
@@ -97,18 +117,31 @@ async def heartbeat(request: Request, body: HeartbeatRequest) -> Response:
     Task,
     errors=(409,),
     description="After pickup an expired lease makes the task `stalled` (for an operator), not `ready`.",
+    roles=("worker", "admin"),
 )
 async def pickup(request: Request, body: HolderRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    result = await queries.task_pickup(pool(request), task_id, body.worker_id, body.lease_id)
-    return answer("pickup", task_id, result, body.worker_id, body.lease_id)
+    worker_id = acting_worker(request, body.worker_id)
+    actor = principal(request).actor
+    result = await queries.task_pickup(pool(request), task_id, worker_id, body.lease_id, actor=actor)
+    return answer("pickup", task_id, result, worker_id, body.lease_id, bound_worker(request))
 
 
-@endpoints.post("/task/{task_id:id}/release", "Hand a task back to ready now", Task, errors=(409,))
+@endpoints.post(
+    "/task/{task_id:id}/release",
+    "Hand a task back to ready now",
+    Task,
+    errors=(409,),
+    roles=("worker", "admin"),
+)
 async def release(request: Request, body: ReleaseRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    result = await queries.task_release(pool(request), task_id, body.worker_id, body.lease_id, body.reason)
-    return answer("release", task_id, result, body.worker_id, body.lease_id)
+    worker_id = acting_worker(request, body.worker_id)
+    actor = principal(request).actor
+    result = await queries.task_release(
+        pool(request), task_id, worker_id, body.lease_id, body.reason, actor=actor
+    )
+    return answer("release", task_id, result, worker_id, body.lease_id, bound_worker(request))
 
 
 @endpoints.post(
@@ -120,42 +153,67 @@ async def release(request: Request, body: ReleaseRequest) -> Response:
         "The task is ready again after an exponential backoff (`available_at`), or `failed` (the dead "
         "letter) after TASK_MAX_ATTEMPTS attempts."
     ),
+    roles=("worker", "admin"),
 )
 async def fail(request: Request, body: FailRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
     settings = app_state(request).settings
+    worker_id = acting_worker(request, body.worker_id)
     result = await queries.task_fail(
         pool(request),
         task_id,
-        body.worker_id,
+        worker_id,
         body.lease_id,
         body.error,
         settings.task_retry_backoff_seconds,
         settings.task_max_attempts,
+        actor=principal(request).actor,
     )
-    return answer("fail", task_id, result, body.worker_id, body.lease_id)
+    return answer("fail", task_id, result, worker_id, body.lease_id, bound_worker(request))
 
 
-@endpoints.get("/task/{task_id:id}", "Get one task", Task)
+# Who may read tasks: a worker (its own only), and the people who watch or run the fleet.
+_READERS: tuple[Role, ...] = ("worker", "viewer", "operator", "admin")
+
+
+@endpoints.get("/task/{task_id:id}", "Get one task", Task, roles=_READERS)
 async def get_task(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     task = await queries.task_get(pool(request), task_id)
-    if task is None:
+    bound = bound_worker(request)
+    if task is None or (bound is not None and task.worker_id != bound):
         raise NotFound(f"Task with id {task_id} not found")
     return MsgspecResponse(task)
 
 
-@endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent])
+@endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent], roles=_READERS)
 async def task_events(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     db = pool(request)
+    bound = bound_worker(request)
+    if bound is not None:
+        task = await queries.task_get(db, task_id)
+        if task is None or task.worker_id != bound:
+            raise NotFound(f"Task with id {task_id} not found")
     events = await queries.task_event_list(db, task_id)
-    if not events and await queries.task_get(db, task_id) is None:
+    if not events and bound is None and await queries.task_get(db, task_id) is None:
         raise NotFound(f"Task with id {task_id} not found")
     return MsgspecResponse(events)
 
 
-@endpoints.get("/tasks", "List tasks, filtered by status and worker", list[Task])
+@endpoints.get(
+    "/tasks",
+    "List tasks, filtered by status and worker",
+    list[Task],
+    roles=_READERS,
+    description="A worker's key lists its own tasks only (naming another `worker_id` is a 403).",
+)
 async def list_tasks(request: Request, query: TaskPage) -> Response:
-    tasks = await queries.task_list(pool(request), query.status, query.worker_id, query.after_id, query.limit)
+    worker_id = query.worker_id
+    bound = bound_worker(request)
+    if bound is not None:
+        if worker_id is not None and worker_id != bound:
+            raise Forbidden(f"This key belongs to worker '{bound}': it lists only that worker's tasks")
+        worker_id = bound
+    tasks = await queries.task_list(pool(request), query.status, worker_id, query.after_id, query.limit)
     return MsgspecResponse(tasks)
