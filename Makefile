@@ -31,9 +31,11 @@ DEMO_PORT ?= 8000
 SPEED ?= 60
 demo: install ## The service and a simulated day against it (ML engine, operator, vans); Ctrl-C stops both
 	@if [ -z "$$DATABASE_URL" ]; then rm -rf .data-demo; fi
-	@DATA_DIR=.data-demo PORT=$(DEMO_PORT) ACCESS_LOG=false $(BIN)/baywheels serve & server=$$!; \
+	@# One admin key for this demo's service and simulator, made up here (ADMIN_API_KEY), never written down.
+	@key=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))'); \
+	  DATA_DIR=.data-demo PORT=$(DEMO_PORT) ACCESS_LOG=false ADMIN_API_KEY=$$key $(BIN)/baywheels serve & server=$$!; \
 	  trap 'kill $$server 2>/dev/null; wait $$server' EXIT INT TERM; \
-	  $(BIN)/baywheels simulate --url http://127.0.0.1:$(DEMO_PORT) --speed $(SPEED) --wait-ready 120
+	  $(BIN)/baywheels simulate --url http://127.0.0.1:$(DEMO_PORT) --key $$key --speed $(SPEED) --wait-ready 120
 
 migrate: install ## Apply pending migrations (DATABASE_URL, or the embedded server under .data/)
 	$(BIN)/baywheels migrate

@@ -61,8 +61,9 @@ async def dispatch_next(request: Request) -> Response:
     except msgspec.DecodeError as exc:  # ValidationError included
         return _json({"detail": str(exc)}, 400)
     pool: asyncpg.Pool = request.state.pool
-    # $3, the Idempotency-Key, and $4, the clock: NULL, as the service passes them for a plain request.
-    row = await pool.fetchrow(DISPATCH, body.worker_id, body.lease_seconds, None, None)
+    # $3, the Idempotency-Key, and $4, the clock: NULL, as the service passes them for a plain request; $5,
+    # the actor recorded with the assignment (the service's is the caller's key id).
+    row = await pool.fetchrow(DISPATCH, body.worker_id, body.lease_seconds, None, None, "minimal-app")
     if row is None:
         return _json({"detail": "No available tasks with status 'ready'"}, 404)
     return _json(dict(row))
