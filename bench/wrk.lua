@@ -17,7 +17,8 @@ end
 
 function init(args)
   mode, out, nthreads = args[1], args[2], tonumber(args[3])
-  first, last, size = tonumber(args[4] or "0"), tonumber(args[5] or "0"), tonumber(args[6] or "1")
+  -- (args[4] is not a number in every mode: dispatch_auth's is a file)
+  first, last, size = tonumber(args[4]) or 0, tonumber(args[5]) or 0, tonumber(args[6]) or 1
   wait = args[4] or "0"
   statuses = {}
   sent = 0
