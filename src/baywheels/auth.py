@@ -8,8 +8,9 @@ random bits) and the checksum the CRC32 of the rest (6 base62 characters), so a 
 without a lookup, as GitHub's tokens are. Only the SHA-256 digest is stored and compared (in constant time).
 
 Checking a key costs a digest and a dict lookup: each process caches what it verified for
-AUTH_CACHE_SECONDS, so in the steady state no request waits for the database; a revoked or expired key is
-refused by every instance within that time (expiry at once: it is in the cache)."""
+AUTH_CACHE_SECONDS, renewed in the background in its last quarter, so in the steady state no request waits
+for the database; a revoked or expired key is refused by every instance within that time (expiry at once: it
+is in the cache)."""
 
 import asyncio
 import hashlib
@@ -223,8 +224,13 @@ class Guard:
             raise Unauthorized("Authorization must be: Bearer <API key or token>")
         hashed = digest(token)
         verdict = self._cache.get(hashed)
-        if verdict is None or verdict.until <= time.monotonic():
+        now = time.monotonic()
+        if verdict is None or verdict.until <= now:
             verdict = await self._lookup(hashed, token)
+        elif verdict.until - now < self._ttl / 4 and hashed not in self._lookups:
+            # In the last quarter of its time: renewed in the background while this request goes on, so a key
+            # in steady use never makes a request wait for the database (nor is trusted longer).
+            self._renew(hashed, token)
         caller = verdict.caller
         if caller is None:
             raise Unauthorized(verdict.refusal)
@@ -243,6 +249,16 @@ class Guard:
             self._cache.clear()
         self._cache[hashed] = verdict
         return verdict
+
+    def _renew(self, hashed: bytes, token: str) -> None:
+        pending = self._lookups[hashed] = asyncio.ensure_future(self._judge(hashed, token))
+        pending.add_done_callback(lambda done: self._renewed(hashed, done))
+
+    def _renewed(self, hashed: bytes, done: "asyncio.Future[_Verdict]") -> None:
+        self._looked_up(hashed, done)
+        if not done.cancelled() and done.exception() is None:
+            self._cache[hashed] = done.result()
+        # A lookup that failed leaves the verdict to run out; the next request after it looks up itself.
 
     def _looked_up(self, hashed: bytes, done: "asyncio.Future[_Verdict]") -> None:
         self._lookups.pop(hashed, None)

@@ -93,7 +93,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     )
     # Seconds a verified key stays cached in a process: revocation and expiry reach every instance within it
     # plus one lookup (the README promises 5 s).
-    auth_cache_seconds: Annotated[float, Meta(ge=0, le=4)] = 2.0
+    auth_cache_seconds: Annotated[float, Meta(ge=0, le=4)] = 4.0
     # OIDC for people: tokens from this issuer (its discovery document names the JWKS), for this audience,
     # their role in this claim (a dotted path such as realm_access.roles reaches into an object).
     oidc_issuer: str | None = None
