@@ -36,6 +36,7 @@ from .errors import BadRequest, Forbidden, TooManyRequests, Unauthorized
 from .models import ROLES, ApiKey, Role
 from .oidc import InvalidToken, Oidc
 from .ratelimit import RateLimiter
+from .requests import header
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -160,13 +161,6 @@ class _Verdict:
     refusal: str = ""
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
 class Guard:
     """Admits a request to an endpoint: authentication (cached), the rate limit, the role."""
 
@@ -188,8 +182,8 @@ class Guard:
         if not self._on:
             scope["auth"] = ANONYMOUS
             return ANONYMOUS
-        header = _header(scope, b"authorization")
-        caller = await self._authenticate(scope, header)
+        authorization = header(scope, b"authorization")
+        caller = await self._authenticate(scope, authorization)
         kind = caller.role or "anonymous"
         if self._shared_limits:
             await self._limiter.check_shared(kind, caller.actor)

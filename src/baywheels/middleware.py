@@ -18,6 +18,7 @@ from . import metrics
 from .errors import CLIENT_CLOSED, PayloadTooLarge, RequestTimeout, error_response
 from .logs import REQUEST_ID
 from .protocol import BODY_TIMED_OUT, REFUSED
+from .requests import header
 
 log = structlog.get_logger("baywheels.access")
 
@@ -40,13 +41,6 @@ def _observers(method: str, route: str, status: int) -> tuple[Counter, Histogram
     return metrics.REQUESTS.labels(method, route, str(status)), metrics.LATENCY.labels(method, route)
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value)
-    return None
-
-
 class RequestContext:
     def __init__(self, app: ASGIApp, *, max_body_bytes: int, body_timeout: float, access_log: bool) -> None:
         self.app = app
@@ -60,7 +54,7 @@ class RequestContext:
             return
 
         started = time.perf_counter()
-        given = _header(scope, b"x-request-id")
+        given = header(scope, b"x-request-id")
         request_id = given.decode() if given and _SANE_REQUEST_ID.match(given) else _new_request_id()
         REQUEST_ID.set(request_id)  # each request runs in its own task, with its own copy of the context
         status = 500
@@ -94,7 +88,7 @@ class RequestContext:
             return message
 
         try:
-            length = _header(scope, b"content-length")
+            length = header(scope, b"content-length")
             if REFUSED in scope:  # by the protocol, on its head (protocol.py)
                 refused_status, detail, headers = scope[REFUSED]
                 await error_response(refused_status, detail, headers)(scope, receive, send_with_id)

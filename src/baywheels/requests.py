@@ -7,6 +7,7 @@ import asyncpg
 import msgspec
 from starlette.convertors import Convertor
 from starlette.requests import Request
+from starlette.types import Scope
 
 from .errors import BadRequest, NotFound
 from .models import INT64_MAX
@@ -18,6 +19,14 @@ _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 
 # msgspec's error for a float where an integer (or an optional one) is due.
 _INT_GOT_FLOAT = re.compile(r"Expected `(int|int \| null)`, got `float`")
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """A request header's raw value (``name`` in lower case), without building a Headers object."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return bytes(value)
+    return None
 
 
 def pool(request: Request) -> asyncpg.Pool:
