@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import metrics
 from .errors import CLIENT_CLOSED, PayloadTooLarge, RequestTimeout, error_response
 from .logs import REQUEST_ID
-from .protocol import BODY_TIMED_OUT, REFUSED
+from .protocol import BODY_TIMED_OUT, REFUSED, limit_reached
 from .requests import header
 
 log = structlog.get_logger("baywheels.access")
@@ -75,8 +75,7 @@ class RequestContext:
             message = await receive()
             if message["type"] == "http.request":
                 if BODY_TIMED_OUT in scope:  # the protocol's deadline for the body (protocol.py)
-                    log.warning("http_limit_reached", limit="body_timeout", received_bytes=received)
-                    metrics.LIMITED.labels("body_timeout").inc()
+                    limit_reached("body_timeout", received_bytes=received)
                     # The rest of the body may still come: the connection cannot carry another request.
                     raise RequestTimeout(
                         f"Request body not received within {self.body_timeout:g} s",

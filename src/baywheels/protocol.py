@@ -83,7 +83,7 @@ _last_logged: dict[str, float] = {}
 _unlogged: dict[str, int] = {}
 
 
-def _limit_reached(limit: str, **details: Any) -> None:
+def limit_reached(limit: str, **details: Any) -> None:
     """A count each time a limit refuses or cuts a request, and a log line at most once a second per limit."""
     metrics.LIMITED.labels(limit).inc()
     now = time.monotonic()
@@ -148,7 +148,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 # In the middle of a head. httptools buffers a header until it is complete, so the raw bytes
                 # are counted: a head that never ends would otherwise grow without bound.
                 if self._head_bytes > self.limits.max_header_bytes:
-                    _limit_reached("header_bytes")
+                    limit_reached("header_bytes")
                     self._answer(
                         431, f"Request headers exceed the limit of {self.limits.max_header_bytes} bytes"
                     )
@@ -168,15 +168,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         limits = self.limits
         # uvicorn's on_header keeps every header; their number is bounded by the bytes of a head.
         if len(self.headers) > limits.max_header_count:
-            _limit_reached("header_count")
+            limit_reached("header_count")
             refusal = (431, f"More than {limits.max_header_count} request headers", _CLOSE)
         elif self._head_bytes > limits.max_header_bytes and _head_size(self) > limits.max_header_bytes:
             # A whole head over the limit in one read (a big read may also hold a body: hence the count).
-            _limit_reached("header_bytes")
+            limit_reached("header_bytes")
             refusal = (431, f"Request headers exceed the limit of {limits.max_header_bytes} bytes", _CLOSE)
         elif len(self.connections) > limits.max_connections:
             # uvicorn's limit_concurrency would answer in plain text, in its own words.
-            _limit_reached("connections", open=len(self.connections))
+            limit_reached("connections", open=len(self.connections))
             refusal = (503, "Too many connections, retry later", limits.overloaded_headers)
         else:
             refusal = None
@@ -198,7 +198,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes == 0:
             self.transport.close()  # nothing was asked: no answer, as nginx and Go do
             return
-        _limit_reached("header_timeout", received_bytes=self._head_bytes)
+        limit_reached("header_timeout", received_bytes=self._head_bytes)
         self._answer(408, f"Request headers not received within {self.limits.header_timeout:g} s")
 
     def _body_timed_out(self) -> None:
@@ -209,7 +209,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             # Answered before its body was read (413, or a handler that does not read it). The rest was read
             # so that the client could read the answer (closing at once may reset the connection under
             # it), but only for as long as a body may take.
-            _limit_reached("unread_body_timeout")
+            limit_reached("unread_body_timeout")
             self.transport.close()
             return
         # The app is (or will be) waiting for the body: the request middleware answers 408 on its next read.
