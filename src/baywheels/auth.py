@@ -224,7 +224,7 @@ class Guard:
         elif verdict.until - now < self._ttl / 4 and hashed not in self._lookups:
             # In the last quarter of its time: renewed in the background while this request goes on, so a key
             # in steady use never makes a request wait for the database (nor is trusted longer).
-            self._renew(hashed, token)
+            self._look_up(hashed, token)
         caller = verdict.caller
         if caller is None:
             raise Unauthorized(verdict.refusal)
@@ -234,30 +234,23 @@ class Guard:
 
     async def _lookup(self, hashed: bytes, token: str) -> _Verdict:
         # One lookup per token at a time: requests arriving meanwhile share its outcome.
-        pending = self._lookups.get(hashed)
-        if pending is None:
-            pending = self._lookups[hashed] = asyncio.ensure_future(self._judge(hashed, token))
-            pending.add_done_callback(lambda done: self._looked_up(hashed, done))
-        verdict = await asyncio.shield(pending)
-        if len(self._cache) >= _CACHE_MAX:
-            self._cache.clear()
-        self._cache[hashed] = verdict
-        return verdict
+        return await asyncio.shield(self._lookups.get(hashed) or self._look_up(hashed, token))
 
-    def _renew(self, hashed: bytes, token: str) -> None:
+    def _look_up(self, hashed: bytes, token: str) -> "asyncio.Future[_Verdict]":
+        """Start judging a token; its verdict goes into the cache when it comes, whoever waits for it."""
         pending = self._lookups[hashed] = asyncio.ensure_future(self._judge(hashed, token))
-        pending.add_done_callback(lambda done: self._renewed(hashed, done))
-
-    def _renewed(self, hashed: bytes, done: "asyncio.Future[_Verdict]") -> None:
-        self._looked_up(hashed, done)
-        if not done.cancelled() and done.exception() is None:
-            self._cache[hashed] = done.result()
-        # A lookup that failed leaves the verdict to run out; the next request after it looks up itself.
+        pending.add_done_callback(lambda done: self._looked_up(hashed, done))
+        return pending
 
     def _looked_up(self, hashed: bytes, done: "asyncio.Future[_Verdict]") -> None:
         self._lookups.pop(hashed, None)
-        if not done.cancelled():
-            done.exception()  # retrieved: the requests that waited for it (if any still do) raise it
+        # exception() retrieves it: the requests that waited (if any still do) raise it. A failed renewal
+        # leaves the cached verdict to run out; the next request after it looks up itself.
+        if done.cancelled() or done.exception() is not None:
+            return
+        if len(self._cache) >= _CACHE_MAX:
+            self._cache.clear()
+        self._cache[hashed] = done.result()
 
     async def _judge(self, hashed: bytes, token: str) -> _Verdict:
         until = time.monotonic() + self._ttl
