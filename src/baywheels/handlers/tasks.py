@@ -176,14 +176,20 @@ async def fail(request: Request, body: FailRequest) -> Response:
 _READERS: tuple[Role, ...] = ("worker", "viewer", "operator", "admin")
 
 
-@endpoints.get("/task/{task_id:id}", "Get one task", Task, roles=_READERS)
-async def get_task(request: Request) -> Response:
-    task_id = path_id(request, "task_id", "Task")
+async def _visible_task(request: Request, task_id: int) -> Task:
+    """The task, if the caller may see it: a worker key sees only its own, and another's is a 404 exactly as a
+    task that does not exist, so ids cannot be probed."""
     task = await queries.task_get(pool(request), task_id)
     bound = bound_worker(request)
     if task is None or (bound is not None and task.worker_id != bound):
         raise NotFound(f"Task with id {task_id} not found")
-    return MsgspecResponse(task)
+    return task
+
+
+@endpoints.get("/task/{task_id:id}", "Get one task", Task, roles=_READERS)
+async def get_task(request: Request) -> Response:
+    task_id = path_id(request, "task_id", "Task")
+    return MsgspecResponse(await _visible_task(request, task_id))
 
 
 @endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent], roles=_READERS)
@@ -192,9 +198,7 @@ async def task_events(request: Request) -> Response:
     db = pool(request)
     bound = bound_worker(request)
     if bound is not None:
-        task = await queries.task_get(db, task_id)
-        if task is None or task.worker_id != bound:
-            raise NotFound(f"Task with id {task_id} not found")
+        await _visible_task(request, task_id)
     events = await queries.task_event_list(db, task_id)
     if not events and bound is None and await queries.task_get(db, task_id) is None:
         raise NotFound(f"Task with id {task_id} not found")
