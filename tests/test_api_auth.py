@@ -3,7 +3,9 @@ declare), workers bound to their own tasks, key management, the audit of every a
 (AUTH=off, METRICS_PUBLIC, the long-poll cap, rate limits, CORS, the docs' headers)."""
 
 import asyncio
+import dataclasses
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -14,12 +16,23 @@ import httpx
 import msgspec
 import pytest
 
-from baywheels import auth, settings
+from baywheels import auth, queries, settings
 from baywheels.app import create_app
 from baywheels.endpoints import Endpoint
 from baywheels.handlers import ENDPOINTS
 from baywheels.models import ROLES
-from helpers import ADMIN, ADMIN_KEY, bearer, in_process, item, json_of, make_task, until
+from baywheels.state import STATE_KEY
+from helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    bearer,
+    in_process,
+    in_process_with_state,
+    item,
+    json_of,
+    make_task,
+    until,
+)
 
 W = "van-1"
 OTHER = "van-2"
@@ -351,6 +364,54 @@ async def test_a_revoked_key_is_refused_once_the_cache_renews(
         assert (await admin.get("/tasks", headers=bearer(key["key"]))).status_code == 200
         assert (await admin.delete(f"/keys/{key['key_id']}")).status_code == 204
         response = await admin.get("/tasks", headers=bearer(key["key"]))
+        assert json_of(response, 401) == {"detail": "API key revoked"}
+
+
+async def test_keys_are_looked_up_and_renewed_together(
+    service_settings: settings.Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However many keys a process sees, a cold cache costs a statement or two for all of them, and their
+    renewal one: the cost of auth must not grow with the fleet."""
+    lookups: list[list[str]] = []
+    real = queries.api_key_authenticate
+
+    async def counted(conn: Any, key_ids: list[str], now: Any = None) -> Any:
+        lookups.append(sorted(key_ids))
+        return await real(conn, key_ids, now)
+
+    app = create_app(service_settings)
+    async with in_process_with_state(app) as (admin, lifespan):
+        guard = lifespan[STATE_KEY].guard
+        keys = [await create_key(admin, "viewer") for _ in range(20)]
+        ids = sorted(key["key_id"] for key in keys)
+        monkeypatch.setattr(queries, "api_key_authenticate", counted)
+
+        async def read_all() -> None:
+            answers = await asyncio.gather(
+                *(admin.get("/suggestions", headers=bearer(k["key"])) for k in keys)
+            )
+            assert [answer.status_code for answer in answers] == [200] * 20
+
+        await read_all()  # cold: looked up
+        assert sorted(key_id for batch in lookups for key_id in batch) == ids
+        assert len(lookups) < 5, lookups  # one statement per key would be 20
+        await read_all()  # cached: no lookup
+        assert len(lookups) < 5
+        looked_up = len(lookups)
+
+        # A key revoked meanwhile; then every cached verdict reaches the last quarter of its time.
+        revoked = keys[0]
+        assert (await admin.delete(f"/keys/{revoked['key_id']}")).status_code == 204
+        for hashed, verdict in list(guard._cache.items()):
+            guard._cache[hashed] = dataclasses.replace(verdict, until=time.monotonic() + 0.01)
+        assert (await admin.get("/suggestions", headers=bearer(keys[1]["key"]))).status_code == 200
+
+        async def renewed() -> bool:
+            return not guard._lookups
+
+        await until(renewed)
+        assert lookups[looked_up:] == [ids]  # the keys used since the last renewal, in one statement
+        response = await admin.get("/suggestions", headers=bearer(revoked["key"]))
         assert json_of(response, 401) == {"detail": "API key revoked"}
 
 

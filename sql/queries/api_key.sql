@@ -1,21 +1,31 @@
 -- API keys: issued, looked up on a cache miss, listed and revoked. The secret itself is never here, only its
 -- SHA-256 digest. The clock is a parameter, `coalesce($n::timestamptz, now())`, as in task.sql.
 
--- name: api_key_authenticate :one
--- The key behind a token, for a lookup that the in-process cache missed or must renew (every few seconds
--- per key), and its use recorded in the same statement: last_used_at is written when it is older than 30 s,
--- so a key in steady use costs one small write per half minute per instance, not one per request. $2 is the
--- clock. The row read is the one before the UPDATE (same snapshot): the caller only needs the key's state.
-WITH touched AS (
-    UPDATE api_keys
-    SET last_used_at = coalesce($2::timestamptz, now())
-    WHERE key_id = $1
+-- name: api_key_authenticate :many
+-- The keys behind tokens ($1 key ids) that the in-process caches missed or must renew: one statement for all
+-- of a process's keys every few seconds, however many there are. Their use is recorded in the same statement:
+-- last_used_at is written when older than 30 s, so a key in steady use costs one small write per half minute.
+-- The rows to write are locked in key order, skipping any another instance is writing now (it writes the same
+-- time), so two instances renewing overlapping keys never deadlock or wait. $2 is the clock. The rows read are
+-- those before the UPDATE (same snapshot): the caller only needs the keys' state.
+WITH due AS (
+    SELECT key_id
+    FROM api_keys
+    WHERE key_id = ANY($1::text[])
       AND revoked_at IS NULL
       AND (last_used_at IS NULL OR last_used_at < coalesce($2::timestamptz, now()) - interval '30 seconds')
+    ORDER BY key_id
+    FOR UPDATE SKIP LOCKED
+),
+touched AS (
+    UPDATE api_keys k
+    SET last_used_at = coalesce($2::timestamptz, now())
+    FROM due
+    WHERE k.key_id = due.key_id
 )
 SELECT key_id, digest, role, worker_id, expires_at, revoked_at
 FROM api_keys
-WHERE key_id = $1;
+WHERE key_id = ANY($1::text[]);
 
 -- name: api_key_bootstrap_lock :exec
 -- Taken in the transaction that creates the first admin key, so instances starting together create one.

@@ -7,10 +7,10 @@ key id (12 base62 characters) is its public name and primary key, the secret is 
 random bits) and the checksum the CRC32 of the rest (6 base62 characters), so a mistyped key is refused
 without a lookup, as GitHub's tokens are. Only the SHA-256 digest is stored and compared (in constant time).
 
-Checking a key costs a digest and a dict lookup: each process caches what it verified for
-AUTH_CACHE_SECONDS, renewed in the background in its last quarter, so in the steady state no request waits
-for the database; a revoked or expired key is refused by every instance within that time (expiry at once: it
-is in the cache)."""
+Checking a known caller costs a dict lookup: each process caches what it verified for
+AUTH_CACHE_SECONDS, renewed in the background in its last quarter (all the keys a process uses in one
+statement), so in the steady state no request waits for the database; a revoked or expired key is refused by
+every instance within that time (expiry at once: it is in the cache)."""
 
 import asyncio
 import hashlib
@@ -154,15 +154,24 @@ def bound_worker(request: Request) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class _Verdict:
-    """A cached outcome: the caller, or why the token is refused; fresh until ``until`` (time.monotonic)."""
+    """A cached outcome: the caller, or why the token is refused; fresh until ``until`` (time.monotonic).
+    ``key_id`` and ``digest`` are set for an API key the database vouched for: the verdicts renewed in
+    batches."""
 
     until: float
     caller: Principal | None
     refusal: str = ""
+    key_id: str | None = None
+    digest: bytes = b""
 
 
 class Guard:
-    """Admits a request to an endpoint: authentication (cached), the rate limit, the role."""
+    """Admits a request to an endpoint: authentication (cached), the rate limit, the role.
+
+    API keys are looked up in batches: a request whose key is not cached queues it for the next statement (one
+    at a time per process), and the keys used since the last renewal are renewed together, when the first of
+    them enters the last quarter of its time. So a process with 256 keys in steady use runs one lookup every
+    few seconds, not one per key."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool) -> None:
         self._settings = settings
@@ -174,7 +183,11 @@ class Guard:
         self._limiter = RateLimiter(settings)
         self._shared_limits = self._limiter.shared
         self._cache: dict[bytes, _Verdict] = {}
-        self._lookups: dict[bytes, asyncio.Future[_Verdict]] = {}
+        # All keyed by the raw Authorization header.
+        self._lookups: dict[bytes, asyncio.Future[_Verdict]] = {}  # a verdict on its way
+        self._queued: dict[bytes, tuple[str, bytes]] = {}  # API keys for the next statement: key id, digest
+        self._flushing: asyncio.Task[None] | None = None
+        self._used: set[bytes] = set()  # API keys used since the last renewal began
         self._long_polls: Counter[str] = Counter()
 
     async def admit(self, request: Request, endpoint: "Endpoint") -> Principal:
@@ -196,9 +209,9 @@ class Guard:
         scope["auth"] = caller
         return caller
 
-    async def _authenticate(self, scope: Scope, header: bytes | None) -> Principal:
+    async def _authenticate(self, scope: Scope, credential: bytes | None) -> Principal:
         try:
-            return await self._verify(header)
+            return await self._verify(credential)
         except Unauthorized:
             # Counted per client IP, so guessing keys is slow; the 401 itself when within the limit.
             client = scope.get("client")
@@ -209,22 +222,20 @@ class Guard:
                 self._limiter.check("anonymous", str(ip))
             raise
 
-    async def _verify(self, header: bytes | None) -> Principal:
-        if header is None:
+    async def _verify(self, credential: bytes | None) -> Principal:
+        if credential is None:
             raise Unauthorized("Missing credentials: send Authorization: Bearer <API key or token>")
-        scheme, _, token = header.decode("latin-1").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("Authorization must be: Bearer <API key or token>")
-        hashed = digest(token)
-        verdict = self._cache.get(hashed)
+        verdict = self._cache.get(credential)
         now = time.monotonic()
         if verdict is None or verdict.until <= now:
-            verdict = await self._lookup(hashed, token)
-        elif verdict.until - now < self._ttl / 4 and hashed not in self._lookups:
-            # In the last quarter of its time: renewed in the background while this request goes on, so a key
-            # in steady use never makes a request wait for the database (nor is trusted longer).
-            self._look_up(hashed, token)
+            # Shielded: a request that goes away does not take the lookup others wait for with it.
+            verdict = await asyncio.shield(self._lookups.get(credential) or self._look_up(credential))
+        elif verdict.key_id is not None:
+            self._used.add(credential)
+            if verdict.until - now < self._ttl / 4 and credential not in self._lookups:
+                # In the last quarter of its time: renewed in the background while this request goes on, so
+                # a key in steady use never makes a request wait for the database (nor is trusted longer).
+                self._renew()
         caller = verdict.caller
         if caller is None:
             raise Unauthorized(verdict.refusal)
@@ -232,45 +243,47 @@ class Guard:
             raise Unauthorized("Credential expired")
         return caller
 
-    async def _lookup(self, hashed: bytes, token: str) -> _Verdict:
-        # One lookup per token at a time: requests arriving meanwhile share its outcome.
-        return await asyncio.shield(self._lookups.get(hashed) or self._look_up(hashed, token))
-
-    def _look_up(self, hashed: bytes, token: str) -> "asyncio.Future[_Verdict]":
-        """Start judging a token; its verdict goes into the cache when it comes, whoever waits for it."""
-        pending = self._lookups[hashed] = asyncio.ensure_future(self._judge(hashed, token))
-        pending.add_done_callback(lambda done: self._looked_up(hashed, done))
+    def _look_up(self, credential: bytes) -> "asyncio.Future[_Verdict]":
+        """Start judging a credential; its verdict goes into the cache when it comes, whoever waits for it."""
+        scheme, _, token = credential.decode("latin-1").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_result(_Verdict(0.0, None, "Authorization must be: Bearer <API key or token>"))
+            return refused
+        hashed = digest(token)
+        if token.startswith(PREFIX) and not self._is_admin(hashed):
+            key_id = key_id_of(token)
+            if key_id is not None:
+                return self._queue(credential, key_id, hashed)
+        pending = self._lookups[credential] = asyncio.ensure_future(self._judge(hashed, token))
+        pending.add_done_callback(lambda done: self._judged(credential, done))
         return pending
 
-    def _looked_up(self, hashed: bytes, done: "asyncio.Future[_Verdict]") -> None:
-        self._lookups.pop(hashed, None)
-        # exception() retrieves it: the requests that waited (if any still do) raise it. A failed renewal
-        # leaves the cached verdict to run out; the next request after it looks up itself.
-        if done.cancelled() or done.exception() is not None:
-            return
+    def _judged(self, credential: bytes, done: "asyncio.Future[_Verdict]") -> None:
+        self._lookups.pop(credential, None)
+        # exception() retrieves it: the requests that waited (if any still do) raise it.
+        if not done.cancelled() and done.exception() is None:
+            self._remember(credential, done.result())
+
+    def _remember(self, credential: bytes, verdict: _Verdict) -> None:
+        if not verdict.until:
+            return  # refused at sight (malformed): nothing worth keeping
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
-        self._cache[hashed] = done.result()
+        self._cache[credential] = verdict
+
+    def _is_admin(self, hashed: bytes) -> bool:
+        return self._admin is not None and hmac.compare_digest(hashed, self._admin)
 
     async def _judge(self, hashed: bytes, token: str) -> _Verdict:
+        """A token that is not a well-formed API key: ADMIN_API_KEY, an OIDC token, or nothing we know."""
         until = time.monotonic() + self._ttl
-        if self._admin is not None and hmac.compare_digest(hashed, self._admin):
+        if self._is_admin(hashed):
             return _Verdict(until, Principal(actor=ADMIN_ACTOR, role="admin"))
         if token.startswith(PREFIX):
-            key_id = key_id_of(token)
-            if key_id is None:
-                # No lookup, and not cached: a mistyped key costs nothing but this check.
-                return _Verdict(0.0, None, "Malformed API key (its checksum does not match)")
-            record = await queries.api_key_authenticate(self._pool, key_id)
-            if record is None or not hmac.compare_digest(bytes(record.digest), hashed):
-                return _Verdict(until, None, "Unknown API key")
-            if record.revoked_at is not None:
-                return _Verdict(until, None, "API key revoked")
-            expires = None if record.expires_at is None else record.expires_at.timestamp()
-            caller = Principal(
-                actor=record.key_id, role=record.role, worker_id=record.worker_id, expires_at=expires
-            )
-            return _Verdict(until, caller)
+            # No lookup, and not cached: a mistyped key costs nothing but this check.
+            return _Verdict(0.0, None, "Malformed API key (its checksum does not match)")
         if self._oidc is not None and token.count(".") == 2:
             try:
                 subject, role, expires_at = await self._oidc.verify(token)
@@ -278,6 +291,62 @@ class Guard:
                 return _Verdict(until, None, str(exc))
             return _Verdict(until, Principal(actor=f"oidc:{subject}", role=role, expires_at=expires_at))
         return _Verdict(until, None, "Unknown credential")
+
+    # API keys, in batches
+
+    def _queue(self, credential: bytes, key_id: str, hashed: bytes) -> "asyncio.Future[_Verdict]":
+        pending = self._lookups[credential] = asyncio.get_running_loop().create_future()
+        self._queued[credential] = (key_id, hashed)
+        if self._flushing is None:
+            self._flushing = asyncio.ensure_future(self._flush())
+        return pending
+
+    def _renew(self) -> None:
+        """Queue the API keys used since the last renewal; the rest run out and are looked up on next use."""
+        used, self._used = self._used, set()
+        for credential in used:
+            verdict = self._cache.get(credential)
+            if verdict is not None and verdict.key_id is not None and credential not in self._lookups:
+                self._queue(credential, verdict.key_id, verdict.digest)
+
+    async def _flush(self) -> None:
+        """Look up the queued keys, one statement at a time, until none is queued."""
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, {}
+                until = time.monotonic() + self._ttl
+                key_ids = list({key_id for key_id, _ in batch.values()})
+                try:
+                    records = await queries.api_key_authenticate(self._pool, key_ids)
+                except BaseException as exc:
+                    # The requests waiting raise it; a renewal's verdict stays cached to run out.
+                    for credential in batch:
+                        self._settle(credential, None, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                found = {record.key_id: record for record in records}
+                for credential, (key_id, hashed) in batch.items():
+                    self._settle(credential, _key_verdict(until, hashed, found.get(key_id)), None)
+        finally:
+            self._flushing = None
+            for credential in self._queued:  # only when cancelled (shutdown): nobody is left waiting forever
+                self._settle(credential, None, asyncio.CancelledError())
+            self._queued.clear()
+
+    def _settle(self, credential: bytes, verdict: _Verdict | None, exc: BaseException | None) -> None:
+        pending = self._lookups.pop(credential, None)
+        if verdict is not None:
+            self._remember(credential, verdict)
+        if pending is None or pending.done():
+            return
+        if verdict is not None:
+            pending.set_result(verdict)
+        elif isinstance(exc, asyncio.CancelledError):
+            pending.cancel()
+        else:
+            pending.set_exception(exc or RuntimeError("lookup failed"))
+            pending.exception()  # retrieved: a renewal nobody awaits must not log "never retrieved"
 
     @contextmanager
     def long_poll(self, caller: Principal) -> Iterator[None]:
@@ -298,6 +367,16 @@ class Guard:
             self._long_polls[actor] -= 1
             if not self._long_polls[actor]:
                 del self._long_polls[actor]
+
+
+def _key_verdict(until: float, hashed: bytes, record: queries.KeyRecord | None) -> _Verdict:
+    if record is None or not hmac.compare_digest(bytes(record.digest), hashed):
+        return _Verdict(until, None, "Unknown API key")
+    if record.revoked_at is not None:
+        return _Verdict(until, None, "API key revoked")
+    expires = None if record.expires_at is None else record.expires_at.timestamp()
+    caller = Principal(actor=record.key_id, role=record.role, worker_id=record.worker_id, expires_at=expires)
+    return _Verdict(until, caller, key_id=record.key_id, digest=hashed)
 
 
 def _either(roles: frozenset[Role]) -> str:

@@ -74,9 +74,10 @@ def _api_key(row: asyncpg.Record) -> ApiKey:
 # api_key.sql
 
 
-async def api_key_authenticate(conn: Conn, key_id: str, now: datetime | None = None) -> KeyRecord | None:
-    row = await conn.fetchrow(_API_KEY_AUTHENTICATE, key_id, now)
-    return None if row is None else KeyRecord(**dict(row))
+async def api_key_authenticate(
+    conn: Conn, key_ids: Sequence[str], now: datetime | None = None
+) -> list[KeyRecord]:
+    return [KeyRecord(**dict(row)) for row in await conn.fetch(_API_KEY_AUTHENTICATE, key_ids, now)]
 
 
 async def api_key_bootstrap_lock(conn: Conn) -> None:
@@ -341,7 +342,7 @@ async def task_retry(
 
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
-_API_KEY_AUTHENTICATE = _query_text("api_key_authenticate", "one")
+_API_KEY_AUTHENTICATE = _query_text("api_key_authenticate", "many")
 _API_KEY_BOOTSTRAP_LOCK = _query_text("api_key_bootstrap_lock", "exec")
 _API_KEY_COUNT = _query_text("api_key_count", "one")
 _API_KEY_CREATE = _query_text("api_key_create", "one")
