@@ -1,6 +1,7 @@
 """Auth across real `baywheels serve` processes on one database: a key made on one instance works on the
 other, revocation and expiry reach the other within 5 seconds, the CLI's keys work on a serving instance,
-two instances sharing Redis share one rate-limit budget, TLS, and no secret in any log line."""
+two instances sharing Redis share one rate-limit budget, X-Forwarded-For believed only from a trusted proxy,
+TLS, and no secret in any log line."""
 
 import asyncio
 import os
@@ -178,3 +179,23 @@ async def test_tls_terminated_by_the_service(database_url: str, tmp_path: Path) 
                 await client.get(f"{plain}/healthz")
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("allow", "believed"), [("127.0.0.1", True), ("10.9.9.9", False)])
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    database_url: str, tmp_path: Path, allow: str, believed: bool
+) -> None:
+    """The anonymous budget is per client IP: the proxy's X-Forwarded-For names it when the connection comes
+    from FORWARDED_ALLOW_IPS; from anyone else the header is ignored, or it would be a way round the limit."""
+    env = {"RATE_LIMIT_ANONYMOUS": "3/minute", "FORWARDED_ALLOW_IPS": allow}
+    server = LiveServer(database_url, env=env, log_path=tmp_path / "serve.log")
+    server.start()
+    try:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as anonymous:
+            statuses = [
+                (await anonymous.get("/tasks", headers={"X-Forwarded-For": f"203.0.113.{n}"})).status_code
+                for n in range(1, 5)
+            ]
+    finally:
+        server.stop()
+    assert statuses == ([401] * 4 if believed else [401] * 3 + [429])
