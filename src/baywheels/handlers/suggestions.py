@@ -1,11 +1,13 @@
 """Suggestions from the ML engine: ingest a batch, list the pending ones."""
 
+from msgspec import UNSET
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
 from ..endpoints import Endpoints
-from ..models import IngestResult, Suggestion, SuggestionBatch, SuggestionPage
+from ..errors import BadRequest
+from ..models import IngestResult, Suggestion, SuggestionBatch, SuggestionIn, SuggestionPage
 from ..requests import pool
 from ..responses import MsgspecResponse
 
@@ -30,13 +32,16 @@ async def list_suggestions(request: Request, query: SuggestionPage) -> Response:
     roles=("ml", "operator", "admin"),
     description=(
         "Per station pair: a pending suggestion is updated in place, a pair with an open task is skipped "
-        "(null id, counted as a duplicate), and within the batch the last item for a pair wins."
+        "(null id, counted as a duplicate), and within the batch the last item for a pair wins. Once the "
+        "station registry holds stations, every station named must be an active one (by `id` or GBFS "
+        "`station_id`), or the whole batch is refused with a 400 naming the first that is not."
     ),
 )
 async def ingest(request: Request, body: SuggestionBatch) -> Response:
     async with pool(request).acquire() as conn, conn.transaction():
+        from_ids, to_ids = await _stations(conn, body)
         await queries.suggestion_lock_for_ingest(conn)
-        rows = await queries.suggestion_upsert_batch(conn, body)
+        rows = await queries.suggestion_upsert_batch(conn, body, from_ids, to_ids)
     ids: list[int | None] = [None] * len(body)
     created = 0
     for row in rows:
@@ -46,3 +51,47 @@ async def ingest(request: Request, body: SuggestionBatch) -> Response:
         created=created, updated=len(rows) - created, duplicates=len(body) - len(rows), ids=ids
     )
     return MsgspecResponse(result, status_code=201)
+
+
+async def _stations(conn: queries.Conn, items: list[SuggestionIn]) -> tuple[list[int], list[int]]:
+    """The registry ids of each item's two stations, checked against the registry in one query. With an
+    empty registry any positive integer is accepted, as before there was one."""
+    ids: set[int] = set()
+    names: set[str] = set()
+    for item in items:
+        for by_id, by_name in (
+            (item.from_station_id, item.from_station),
+            (item.to_station_id, item.to_station),
+        ):
+            if by_id is not UNSET:
+                ids.add(by_id)
+            elif by_name is not UNSET:
+                names.add(by_name)
+    known = await queries.station_resolve(conn, list(ids), list(names))
+    from_ids: list[int] = []
+    to_ids: list[int] = []
+    for index, item in enumerate(items):
+        ends = (
+            ("from", item.from_station_id, item.from_station, from_ids),
+            ("to", item.to_station_id, item.to_station, to_ids),
+        )
+        for end, by_id, by_name, resolved in ends:
+            if by_id is not UNSET:
+                where = f"`$[{index}].{end}_station_id`"
+                if known.registry and by_id not in known.by_id:
+                    raise BadRequest(f"Unknown station id {by_id} - at {where}")
+                if known.registry and not known.by_id[by_id]:
+                    raise BadRequest(f"Station {by_id} is inactive (it left the GBFS feed) - at {where}")
+                resolved.append(by_id)
+            else:
+                assert by_name is not UNSET
+                where = f"`$[{index}].{end}_station`"
+                found = known.by_gbfs.get(by_name)
+                if found is None:
+                    raise BadRequest(f"Unknown GBFS station_id {by_name!r} - at {where}")
+                if not found[1]:
+                    raise BadRequest(f"Station {by_name!r} is inactive (it left the GBFS feed) - at {where}")
+                resolved.append(found[0])
+        if from_ids[-1] == to_ids[-1]:
+            raise BadRequest(f"The two stations are the same station ({from_ids[-1]}) - at `$[{index}]`")
+    return from_ids, to_ids
