@@ -144,8 +144,10 @@ def _decode(name: str, raw: bytes, type_: type[Any]) -> tuple[Any, int]:
     try:
         file = msgspec.json.decode(raw, type=_File)
         return msgspec.convert(file.data, type_, strict=False), file.ttl
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
         raise FeedError(f"{name}: {_where(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise FeedError(f"{name}: not valid JSON ({exc})") from None
 
 
 def _where(message: str) -> str:
@@ -340,8 +342,10 @@ def _links(raw: bytes) -> dict[str, str]:
         if isinstance(data, dict) and "feeds" not in data and data:
             data = data.get("en", next(iter(data.values())))
         feeds = msgspec.convert(data, _Feeds)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
         raise FeedError(f"gbfs.json: {_where(str(exc))}") from None
+    except msgspec.DecodeError as exc:
+        raise FeedError(f"gbfs.json: not valid JSON ({exc})") from None
     return {feed.name: feed.url for feed in feeds.feeds}
 
 
