@@ -3,14 +3,17 @@ shapes, string ids, missing optional fields, how a feed's stations are matched a
 station that left the feed, a malformed feed refused with the registry as it was, and the CLI."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from baywheels import cli, gbfs
+from baywheels import gbfs
 
 FIXTURE = Path(__file__).parent / "gbfs" / "v2.3"
 POWELL = "a1b2c3d4-0001-4e1a-9a3b-6f0e1d2c3b01"
@@ -44,7 +47,7 @@ async def test_the_v2_3_fixture_is_imported_under_its_legacy_ids(pool: asyncpg.P
     result = await import_folder(pool, FIXTURE)
     assert (result.stations, result.created, result.deactivated) == (6, 6, 0)
     stations = await registry(pool)
-    # The old small integers (legacy_id) stay the service's ids: suggestions that named them keep their meaning.
+    # The old small integers (legacy_id) stay the service's ids: suggestions that named them mean the same.
     assert sorted(stations) == [15, 27, 30, 58, 163, 245]
     powell = stations[27]
     assert {k: powell[k] for k in ("gbfs_station_id", "short_name", "legacy_id", "name", "capacity")} == {
@@ -59,6 +62,7 @@ async def test_the_v2_3_fixture_is_imported_under_its_legacy_ids(pool: asyncpg.P
     assert (powell["is_renting"], powell["is_returning"], powell["active"]) == (True, True, True)
     assert powell["last_reported"].timestamp() == 1767225540
     system = await pool.fetchrow("SELECT system_id, name, timezone FROM gbfs_system")
+    assert system is not None
     assert dict(system) == {
         "system_id": "bay_wheels",
         "name": "Bay Wheels",
@@ -210,9 +214,9 @@ async def test_reimport_matches_by_legacy_id_and_short_name_and_keeps_stations_t
     assert (result.stations, result.created, result.deactivated) == (5, 0, 1)
     after = await registry(pool)
     assert sorted(after) == sorted(before)  # same ids, nothing deleted
-    assert after[27]["gbfs_station_id"] == POWELL and after[27]["legacy_id"] == "27"
+    assert (after[27]["gbfs_station_id"], after[27]["legacy_id"]) == (POWELL, "27")
     assert after[58]["gbfs_station_id"] == "a1b2c3d4-0003-4e1a-9a3b-6f0e1d2c3b03"
-    assert after[245]["active"] is False and after[245]["gbfs_station_id"] == "245"
+    assert (after[245]["active"], after[245]["gbfs_station_id"]) == (False, "245")
     assert all(after[i]["active"] for i in (15, 27, 30, 58, 163))
 
     # Back in the feed: active again, under the same id.
@@ -221,7 +225,7 @@ async def test_reimport_matches_by_legacy_id_and_short_name_and_keeps_stations_t
     result = await import_folder(pool, new)
     assert (result.created, result.deactivated) == (0, 0)
     again = await registry(pool)
-    assert again[245]["active"] is True and again[245]["gbfs_station_id"] == removed["station_id"]
+    assert (again[245]["active"], again[245]["gbfs_station_id"]) == (True, removed["station_id"])
 
 
 async def test_a_new_station_whose_legacy_id_is_taken_gets_the_next_id(
@@ -309,30 +313,34 @@ async def test_a_malformed_feed_is_refused_and_the_registry_kept(
 async def test_invalid_json_and_a_missing_file_are_refused(pool: asyncpg.Pool, tmp_path: Path) -> None:
     folder = copy_fixture(tmp_path)
     (folder / "station_status.json").write_text('{"ttl": 60, "data": {"stations": [')
-    with pytest.raises(gbfs.FeedError, match=r"^station_status: not valid JSON \(Input data was truncated\)$"):
+    with pytest.raises(
+        gbfs.FeedError, match=r"^station_status: not valid JSON \(Input data was truncated\)$"
+    ):
         await import_folder(pool, folder)
     (folder / "station_information.json").unlink()
-    with pytest.raises(gbfs.FeedError, match="^the feed has no station_information$"):
+    with pytest.raises(gbfs.FeedError, match=r"^the feed has no station_information$"):
         await import_folder(pool, folder)
     with pytest.raises(gbfs.FeedError, match="is not a folder"):
         await import_folder(pool, tmp_path / "nowhere")
     assert await pool.fetchval("SELECT count(*) FROM stations") == 0
 
 
-def test_the_cli_imports_and_refuses(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("DATABASE_URL", database_url)
-    monkeypatch.chdir(tmp_path)  # no .env of the checkout
-    assert cli.main(["stations", "import", str(FIXTURE)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith(f"Imported 6 stations from {FIXTURE}: 6 new, 0 no longer in the feed")
+def test_the_cli_imports_and_refuses(database_url: str, tmp_path: Path) -> None:
+    def run(source: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "DATABASE_URL": database_url, "LOG_LEVEL": "warning"}
+        command = [sys.executable, "-m", "baywheels", "stations", "import", str(source)]
+        # In tmp_path: no .env of the checkout.
+        return subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    done = run(FIXTURE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Imported 6 stations from {FIXTURE}: 6 new, 0 no longer in the feed")
 
     folder = copy_fixture(tmp_path)
     (folder / "station_information.json").write_text("[]")
-    assert cli.main(["stations", "import", str(folder)]) == 1
-    err = capsys.readouterr().err
-    assert err == (
+    refused = run(folder)
+    assert refused.returncode == 1
+    assert refused.stderr.endswith(
         "baywheels stations import: refused, nothing changed: station_information: Expected `object`, got "
         "`array`\n"
     )

@@ -378,28 +378,6 @@ logged AS (
 )
 SELECT * FROM rescued;
 
--- name: task_stale_refresh :one
--- Re-evaluate the stale flag of the open tasks from or to the stations $1, whose bikes or docks available
--- have just changed: set where the latest status cannot serve the task, cleared where it now can. Only rows
--- whose flag changes are written. Returns how many were.
-WITH evaluated AS (
-    SELECT o.id,
-           task_stale_reason(o.qty, o.from_station_id, f.num_bikes_available, o.to_station_id,
-                             d.num_docks_available) AS reason
-    FROM tasks o
-    LEFT JOIN stations f ON f.id = o.from_station_id
-    LEFT JOIN stations d ON d.id = o.to_station_id
-    WHERE o.is_open AND (o.from_station_id = ANY($1::integer[]) OR o.to_station_id = ANY($1::integer[]))
-),
-refreshed AS (
-    UPDATE tasks t
-    SET stale_reason = e.reason
-    FROM evaluated e
-    WHERE t.id = e.id AND t.is_open AND t.stale_reason IS DISTINCT FROM e.reason
-    RETURNING t.id
-)
-SELECT count(*) AS flagged FROM refreshed;
-
 -- name: task_retry :one
 -- Operator: put a failed, canceled or stalled task back to ready with a fresh attempt budget (reason $2, at
 -- $3, by $4), not before its not_before.
@@ -422,3 +400,25 @@ unchanged AS (
 SELECT true AS changed, * FROM retried
 UNION ALL
 SELECT false, * FROM unchanged;
+
+-- name: task_stale_refresh :one
+-- Re-evaluate the stale flag of the open tasks from or to the stations $1, whose bikes or docks available
+-- have just changed: set where the latest status cannot serve the task, cleared where it now can. Only rows
+-- whose flag changes are written. Returns how many were.
+WITH evaluated AS (
+    SELECT o.id,
+           task_stale_reason(o.qty, o.from_station_id, f.num_bikes_available, o.to_station_id,
+                             d.num_docks_available) AS reason
+    FROM tasks o
+    LEFT JOIN stations f ON f.id = o.from_station_id
+    LEFT JOIN stations d ON d.id = o.to_station_id
+    WHERE o.is_open AND (o.from_station_id = ANY($1::integer[]) OR o.to_station_id = ANY($1::integer[]))
+),
+refreshed AS (
+    UPDATE tasks t
+    SET stale_reason = e.reason
+    FROM evaluated e
+    WHERE t.id = e.id AND t.is_open AND t.stale_reason IS DISTINCT FROM e.reason
+    RETURNING t.id
+)
+SELECT count(*) AS flagged FROM refreshed;

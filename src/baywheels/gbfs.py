@@ -11,6 +11,7 @@ The row then takes the feed's identifiers. A new station's integer ``id`` is its
 ``station_id``, when that is a positive integer no station has, so the integer ids the seed API used keep
 naming the same stations; else one past the largest id. A station that left the feed is kept, inactive."""
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,12 +23,17 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import asyncpg
 import msgspec
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 from msgspec import Meta
 
 from . import queries
 from .models import INT32_MAX
 
 log = structlog.get_logger(__name__)
+
+
+# What an import writes through: one connection (it opens a transaction on it).
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 class FeedError(Exception):
@@ -104,7 +110,7 @@ OPTIONAL = ("station_status", "system_information")
 
 @dataclass(frozen=True, slots=True)
 class FeedStation:
-    """A station of the feed as the registry keeps it."""
+    """A station of the feed as the registry keeps it: its fields in the order station_upsert_many takes."""
 
     gbfs_station_id: str
     short_name: str | None
@@ -430,14 +436,15 @@ class ImportResult:
     stale_changed: int
 
 
-async def store(conn: asyncpg.Connection, feed: Feed, source: str) -> ImportResult:
+async def store(conn: Connection, feed: Feed, source: str) -> ImportResult:
     """Write the feed into the registry in one transaction: matched and new stations, those that left it
     marked inactive, the open tasks at stations whose figures changed re-flagged, the system's time zone."""
     async with conn.transaction():
         await queries.station_feed_lock(conn)
         existing = [Existing(**dict(row)) for row in await queries.station_list_matching(conn)]
         ids = assign_ids(feed.stations, existing)
-        changed = await queries.station_upsert_many(conn, ids, feed.stations)
+        columns = [[getattr(s, f.name) for s in feed.stations] for f in dataclasses.fields(FeedStation)]
+        changed = await queries.station_upsert_many(conn, ids, columns)
         await queries.station_id_sequence_sync(conn)
         deactivated = await queries.station_deactivate_missing(conn, ids)
         stale = await queries.task_stale_refresh(conn, changed) if changed else 0
@@ -452,7 +459,7 @@ async def store(conn: asyncpg.Connection, feed: Feed, source: str) -> ImportResu
     )
 
 
-async def import_source(conn: asyncpg.Connection, source: str, request_timeout: float = 10.0) -> ImportResult:
+async def import_source(conn: Connection, source: str, request_timeout: float = 10.0) -> ImportResult:
     """Read and import a feed (the CLI's `stations import`)."""
     return await store(conn, parse(await read(source, request_timeout)), source)
 

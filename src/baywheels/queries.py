@@ -5,7 +5,7 @@ transaction; rows become Structs here and nowhere else. Task queries whose outco
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -13,9 +13,6 @@ from asyncpg.pool import PoolConnectionProxy
 
 from . import sql
 from .models import ApiKey, Role, Station, StationDay, Suggestion, SuggestionIn, Task, TaskEvent
-
-if TYPE_CHECKING:
-    from .gbfs import FeedStation
 
 Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
@@ -248,24 +245,10 @@ async def station_system_set(
     await conn.execute(_STATION_SYSTEM_SET, system_id, name, timezone, source)
 
 
-async def station_upsert_many(conn: Conn, ids: Sequence[int], stations: "Sequence[FeedStation]") -> list[int]:
-    """Write the stations under the ids given; the ids whose bikes or docks available changed."""
-    columns = (
-        "gbfs_station_id",
-        "short_name",
-        "legacy_id",
-        "name",
-        "lat",
-        "lon",
-        "capacity",
-        "num_bikes_available",
-        "num_docks_available",
-        "is_renting",
-        "is_returning",
-        "last_reported",
-    )
-    arrays = [[getattr(station, column) for station in stations] for column in columns]
-    return [row["id"] for row in await conn.fetch(_STATION_UPSERT_MANY, ids, *arrays)]
+async def station_upsert_many(conn: Conn, ids: Sequence[int], columns: Sequence[Sequence[Any]]) -> list[int]:
+    """Write stations under the ids given, ``columns`` the query's $2.. arrays (gbfs.FeedStation's fields, in
+    order); the ids whose bikes or docks available changed."""
+    return [row["id"] for row in await conn.fetch(_STATION_UPSERT_MANY, ids, *columns)]
 
 
 # suggestion.sql
@@ -458,16 +441,16 @@ async def task_rescue_expired(
     return _tasks(rows)
 
 
-async def task_stale_refresh(conn: Conn, station_ids: Sequence[int]) -> int:
-    """Re-flag the open tasks at these stations; how many flags changed."""
-    flagged: int = await conn.fetchval(_TASK_STALE_REFRESH, station_ids)
-    return flagged
-
-
 async def task_retry(
     conn: Conn, task_id: int, reason: str | None, now: datetime | None = None, *, actor: str | None = None
 ) -> TaskChange | None:
     return _change(await conn.fetchrow(_TASK_RETRY, task_id, reason, now, actor))
+
+
+async def task_stale_refresh(conn: Conn, station_ids: Sequence[int]) -> int:
+    """Re-flag the open tasks at these stations; how many flags changed."""
+    flagged: int = await conn.fetchval(_TASK_STALE_REFRESH, station_ids)
+    return flagged
 
 
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
