@@ -237,7 +237,9 @@ class Task(Model, frozen=True, kw_only=True):
     last_error: str | None
     not_before: datetime | None
     available_at: datetime
-    stale_reason: str | None
+    # Why the stations' latest status cannot serve it (README, "Stations"). A default, so that the clients
+    # still read the answers of a service from before it.
+    stale_reason: str | None = None
 
 
 class ApproveManyResult(Model, frozen=True, kw_only=True):
