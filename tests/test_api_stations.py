@@ -239,7 +239,7 @@ async def test_with_an_empty_registry_any_station_ids_are_accepted(client: httpx
     response = await client.post(
         "/suggestions", json=[{"from_station": "x", "to_station_id": 1, "qty": 1, "reason": "r"}]
     )
-    assert json_of(response, 400) == {"detail": "Unknown GBFS station_id 'x' - at `$[0].from_station`"}
+    assert json_of(response, 400) == {"detail": "GBFS station_id 'x' is unknown - at `$[0].from_station`"}
 
 
 @pytest.mark.usefixtures("imported")
@@ -247,11 +247,11 @@ async def test_unknown_or_inactive_stations_refuse_the_whole_batch(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     response = await client.post("/suggestions", json=[item(POWELL, CALTRAIN), item(POWELL, 901)])
-    assert json_of(response, 400) == {"detail": "Unknown station id 901 - at `$[1].to_station_id`"}
+    assert json_of(response, 400) == {"detail": "Station id 901 is unknown - at `$[1].to_station_id`"}
     await pool.execute("UPDATE stations SET active = false WHERE id = $1", BERKELEY)
     response = await client.post("/suggestions", json=[item(BERKELEY, CALTRAIN)])
     assert json_of(response, 400) == {
-        "detail": f"Station {BERKELEY} is inactive (it left the GBFS feed) - at `$[0].from_station_id`"
+        "detail": f"Station id {BERKELEY} is inactive (it left the GBFS feed) - at `$[0].from_station_id`"
     }
     assert await pool.fetchval("SELECT count(*) FROM suggestions") == 0
 
@@ -272,7 +272,7 @@ async def test_suggestions_may_name_stations_by_gbfs_id(client: httpx.AsyncClien
     assert (await ingest(client, [item(POWELL, CALTRAIN, qty=6)]))["updated"] == 1
 
     for body, detail in [
-        ({**by_gbfs, "to_station": "nope"}, "Unknown GBFS station_id 'nope' - at `$[0].to_station`"),
+        ({**by_gbfs, "to_station": "nope"}, "GBFS station_id 'nope' is unknown - at `$[0].to_station`"),
         (
             {**by_gbfs, "to_station": None, "to_station_id": POWELL},
             "The two stations are the same station (27) - at `$[0]`",
@@ -458,3 +458,50 @@ async def test_approve_keeps_answering_tasks_whole(client: httpx.AsyncClient) ->
     task = await approve(client, await suggest(client, 1, 2))
     assert set(task) == TASK_KEYS
     assert task["stale_reason"] is None
+
+
+async def test_station_reads_and_the_refresh_use_their_indexes(pool: asyncpg.Pool) -> None:
+    """With 50,000 tasks of which a few hundred are open and a few flagged, none of these reads the table
+    whole: the flagged list reads tasks_stale_idx, a station's tasks and the refresh the open and finished
+    partial indexes."""
+    await pool.execute(
+        """
+        INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, status, completed_at,
+                           stale_reason)
+        SELECT g, 1 + g % 500, 1 + (g + 7) % 500, 3, 'r',
+               CASE WHEN g % 100 = 0 THEN 'ready' ELSE 'completed' END,
+               CASE WHEN g % 100 = 0 THEN NULL ELSE now() END,
+               CASE WHEN g % 5000 = 0 THEN 'pickup station has 0 bikes available' END
+        FROM generate_series(1, 50000) g
+        """
+    )
+    await pool.execute("ANALYZE tasks")
+    plans: dict[str, str] = {}
+    async with pool.acquire() as conn:
+        for name, args in [
+            ("task_list_stale", (None, None, 0, 100)),
+            ("task_list_by_station_open", (7,)),
+            ("task_list_by_station_finished", (7, 50)),
+            ("task_stale_refresh", ([7, 8],)),
+        ]:
+            text = queries._query_text(name, "many" if name != "task_stale_refresh" else "one")
+            plans[name] = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {text}", *args)
+        whole = await conn.fetchval("EXPLAIN (FORMAT JSON) SELECT * FROM tasks WHERE reason = 'x'")
+    assert ("Seq Scan", "tasks") in _scans(json.loads(whole))  # the check below can fail
+    assert "tasks_stale_idx" in plans["task_list_stale"]
+    assert "tasks_open_pair_idx" in plans["task_list_by_station_open"]
+    assert "tasks_finished_from_idx" in plans["task_list_by_station_finished"]
+    assert "tasks_finished_to_idx" in plans["task_list_by_station_finished"]
+    assert "tasks_open_pair_idx" in plans["task_stale_refresh"]
+    for name, plan in plans.items():
+        assert ("Seq Scan", "tasks") not in set(_scans(json.loads(plan))), name
+
+
+def _scans(node: Any) -> list[tuple[str, str]]:
+    """(node type, relation) of every node of an EXPLAIN (FORMAT JSON) plan."""
+    if isinstance(node, list):
+        return [scan for item in node for scan in _scans(item)]
+    if not isinstance(node, dict):
+        return []
+    found = [(node["Node Type"], node.get("Relation Name", ""))] if "Node Type" in node else []
+    return found + _scans(node.get("Plan")) + _scans(node.get("Plans"))

@@ -84,7 +84,8 @@ SELECT EXISTS (SELECT FROM stations) AS registry,
        coalesce(array_agg(gbfs_station_id), '{}') AS gbfs_ids,
        coalesce(array_agg(active), '{}') AS active
 FROM stations
-WHERE id = ANY($1::integer[]) OR gbfs_station_id = ANY($2::text[]);
+-- Hashed subplans: a batch's thousands of ids cost one pass over the registry, not a search per row.
+WHERE id IN (SELECT unnest($1::integer[])) OR gbfs_station_id IN (SELECT unnest($2::text[]));
 
 -- name: station_system_get :one
 SELECT system_id, name, timezone, source, imported_at FROM gbfs_system;

@@ -234,14 +234,12 @@ UNION ALL
 SELECT false, * FROM unchanged;
 
 -- name: task_list :many
--- One page of tasks after a cursor, optionally filtered by status ($1) and worker ($2); with $5, only the
--- open tasks flagged stale (a finished task keeps the flag it ended with, as a record).
+-- One page of tasks after a cursor, optionally filtered by status ($1) and worker ($2).
 SELECT *
 FROM tasks
 WHERE ($1::text IS NULL OR status = $1::text)
   AND ($2::text IS NULL OR worker_id = $2::text)
   AND id > $3
-  AND (NOT $5::boolean OR (stale_reason IS NOT NULL AND is_open))
 ORDER BY id
 LIMIT $4;
 
@@ -263,6 +261,18 @@ ORDER BY id;
 -- name: task_list_by_suggestions :many
 -- The tasks made from these suggestions, whichever call approved them.
 SELECT * FROM tasks WHERE suggestion_id = ANY($1::bigint[]);
+
+-- name: task_list_stale :many
+-- As task_list, only the open tasks flagged stale, read through tasks_stale_idx (a finished task keeps the
+-- flag it ended with, as a record, and is not listed).
+SELECT *
+FROM tasks
+WHERE stale_reason IS NOT NULL AND is_open
+  AND ($1::text IS NULL OR status = $1::text)
+  AND ($2::text IS NULL OR worker_id = $2::text)
+  AND id > $3
+ORDER BY id
+LIMIT $4;
 
 -- name: task_notify_due :one
 -- Wake long-polling workers when delayed or backed-off tasks became due since $1 (no trigger fires for the

@@ -378,7 +378,10 @@ async def task_heartbeat(
 async def task_list(
     conn: Conn, status: str | None, worker_id: str | None, after_id: int, limit: int, *, stale: bool = False
 ) -> list[Task]:
-    return _tasks(await conn.fetch(_TASK_LIST, status, worker_id, after_id, limit, stale))
+    """With ``stale``, only the open tasks flagged stale (task_list_stale)."""
+    return _tasks(
+        await conn.fetch(_TASK_LIST_STALE if stale else _TASK_LIST, status, worker_id, after_id, limit)
+    )
 
 
 async def task_list_by_station_finished(conn: Conn, station_id: int, limit: int) -> list[Task]:
@@ -497,6 +500,7 @@ _TASK_LIST = _query_text("task_list", "many")
 _TASK_LIST_BY_STATION_FINISHED = _query_text("task_list_by_station_finished", "many")
 _TASK_LIST_BY_STATION_OPEN = _query_text("task_list_by_station_open", "many")
 _TASK_LIST_BY_SUGGESTIONS = _query_text("task_list_by_suggestions", "many")
+_TASK_LIST_STALE = _query_text("task_list_stale", "many")
 _TASK_NOTIFY_DUE = _query_text("task_notify_due", "one")
 _TASK_PICKUP = _query_text("task_pickup", "one")
 _TASK_RELEASE = _query_text("task_release", "one")

@@ -1,6 +1,6 @@
 """Suggestions from the ML engine: ingest a batch, list the pending ones."""
 
-from msgspec import UNSET
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -71,27 +71,27 @@ async def _stations(conn: queries.Conn, items: list[SuggestionIn]) -> tuple[list
     from_ids: list[int] = []
     to_ids: list[int] = []
     for index, item in enumerate(items):
-        ends = (
-            ("from", item.from_station_id, item.from_station, from_ids),
-            ("to", item.to_station_id, item.to_station, to_ids),
-        )
-        for end, by_id, by_name, resolved in ends:
-            if by_id is not UNSET:
-                where = f"`$[{index}].{end}_station_id`"
-                if known.registry and by_id not in known.by_id:
-                    raise BadRequest(f"Unknown station id {by_id} - at {where}")
-                if known.registry and not known.by_id[by_id]:
-                    raise BadRequest(f"Station {by_id} is inactive (it left the GBFS feed) - at {where}")
-                resolved.append(by_id)
-            else:
-                assert by_name is not UNSET
-                where = f"`$[{index}].{end}_station`"
-                found = known.by_gbfs.get(by_name)
-                if found is None:
-                    raise BadRequest(f"Unknown GBFS station_id {by_name!r} - at {where}")
-                if not found[1]:
-                    raise BadRequest(f"Station {by_name!r} is inactive (it left the GBFS feed) - at {where}")
-                resolved.append(found[0])
-        if from_ids[-1] == to_ids[-1]:
-            raise BadRequest(f"The two stations are the same station ({from_ids[-1]}) - at `$[{index}]`")
+        from_id = _station(known, index, "from", item.from_station_id, item.from_station)
+        to_id = _station(known, index, "to", item.to_station_id, item.to_station)
+        if from_id == to_id:
+            raise BadRequest(f"The two stations are the same station ({from_id}) - at `$[{index}]`")
+        from_ids.append(from_id)
+        to_ids.append(to_id)
     return from_ids, to_ids
+
+
+def _station(
+    known: queries.Resolved, index: int, end: str, by_id: int | UnsetType, by_name: str | UnsetType
+) -> int:
+    """The registry id of one end of item ``index``, or a 400 naming the field."""
+    if by_id is not UNSET:
+        if known.registry and not known.by_id.get(by_id, False):
+            state = "is inactive (it left the GBFS feed)" if by_id in known.by_id else "is unknown"
+            raise BadRequest(f"Station id {by_id} {state} - at `$[{index}].{end}_station_id`")
+        return by_id
+    assert by_name is not UNSET
+    found = known.by_gbfs.get(by_name)
+    if found is None or not found[1]:
+        state = "is unknown" if found is None else "is inactive (it left the GBFS feed)"
+        raise BadRequest(f"GBFS station_id {by_name!r} {state} - at `$[{index}].{end}_station`")
+    return found[0]
