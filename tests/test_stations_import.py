@@ -288,6 +288,17 @@ async def test_a_new_station_whose_legacy_id_is_taken_gets_the_next_id(
             lambda doc: doc.pop("data"),
             "station_status: Object missing required field `data`",
         ),
+        (
+            "station_status",
+            lambda doc: doc["data"]["stations"][0].update(last_reported=10**20),
+            f"station_status: station '{POWELL}' has last_reported {10**20}, not a time",
+        ),
+        (
+            "station_information",
+            lambda doc: doc["data"]["stations"][0].update(short_name="SF\u0000F27"),
+            f"station_information: station '{POWELL}' (at `$.data.stations[0]`) has a NUL character in its "
+            "name, short_name or legacy_id",
+        ),
     ],
 )
 async def test_a_malformed_feed_is_refused_and_the_registry_kept(

@@ -132,7 +132,6 @@ class Feed:
     system_id: str | None = None
     system_name: str | None = None
     timezone: str | None = None
-    ttl: int = 0  # the shortest of its files'
 
 
 def _text(value: Text | None, language: str | None) -> str | None:
@@ -145,11 +144,11 @@ def _text(value: Text | None, language: str | None) -> str | None:
     return value[0].text if value else None
 
 
-def _decode(name: str, raw: bytes, type_: type[Any]) -> tuple[Any, int]:
-    """The ``data`` of one file as ``type_``, and its ttl; malformed: a FeedError naming file and field."""
+def _decode(name: str, raw: bytes, type_: type[Any]) -> Any:
+    """The ``data`` of one file as ``type_``; malformed: a FeedError naming file and field."""
     try:
         file = msgspec.json.decode(raw, type=_File)
-        return msgspec.convert(file.data, type_, strict=False), file.ttl
+        return msgspec.convert(file.data, type_, strict=False)
     except msgspec.ValidationError as exc:
         raise FeedError(f"{name}: {_where(str(exc))}") from None
     except msgspec.DecodeError as exc:
@@ -161,10 +160,13 @@ def _where(message: str) -> str:
     return message.replace("at `$", "at `$.data", 1) if "- at `$" in message else message
 
 
-def _moment(value: int | float | datetime | None) -> datetime | None:
+def _moment(value: int | float | datetime | None, where: str) -> datetime | None:
     if value is None or isinstance(value, datetime):
         return value
-    return datetime.fromtimestamp(value, UTC)
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, ValueError, OSError):
+        raise FeedError(f"station_status: {where} has last_reported {value}, not a time") from None
 
 
 def _flag(value: bool | int | None) -> bool | None:
@@ -175,18 +177,14 @@ def parse(files: dict[str, bytes]) -> Feed:
     """A Feed from the raw files by name (``station_information`` required). Malformed: FeedError."""
     if REQUIRED not in files:
         raise FeedError(f"the feed has no {REQUIRED}")
-    ttls: list[int] = []
     system = _System()
     if "system_information" in files:
-        system, ttl = _decode("system_information", files["system_information"], _System)
-        ttls.append(ttl)
+        system = _decode("system_information", files["system_information"], _System)
     language = system.language or (system.languages[0] if system.languages else None)
-    info, ttl = _decode(REQUIRED, files[REQUIRED], _Stations)
-    ttls.append(ttl)
+    info = _decode(REQUIRED, files[REQUIRED], _Stations)
     statuses: dict[str, _StationStatus] = {}
     if "station_status" in files:
-        status, ttl = _decode("station_status", files["station_status"], _Statuses)
-        ttls.append(ttl)
+        status = _decode("station_status", files["station_status"], _Statuses)
         statuses = {str(s.station_id): s for s in status.stations}
     stations: list[FeedStation] = []
     seen: set[str] = set()
@@ -199,15 +197,19 @@ def parse(files: dict[str, bytes]) -> Feed:
             raise FeedError(f"{where} appears twice")
         seen.add(station_id)
         name = _text(station.name, language)
+        short_name = _text(station.short_name, language)
+        legacy_id = None if station.legacy_id is None else str(station.legacy_id)
         if not name:
             raise FeedError(f"{where} has no name")
+        if any("\x00" in text for text in (name, short_name or "", legacy_id or "")):
+            raise FeedError(f"{where} has a NUL character in its name, short_name or legacy_id")
         s = statuses.get(station_id)
         bikes = None if s is None else _first(s.num_bikes_available, s.num_vehicles_available)
         stations.append(
             FeedStation(
                 gbfs_station_id=station_id,
-                short_name=_text(station.short_name, language),
-                legacy_id=None if station.legacy_id is None else str(station.legacy_id),
+                short_name=short_name,
+                legacy_id=legacy_id,
                 name=name,
                 lat=station.lat,
                 lon=station.lon,
@@ -216,7 +218,7 @@ def parse(files: dict[str, bytes]) -> Feed:
                 num_docks_available=None if s is None else s.num_docks_available,
                 is_renting=None if s is None else _flag(s.is_renting),
                 is_returning=None if s is None else _flag(s.is_returning),
-                last_reported=None if s is None else _moment(s.last_reported),
+                last_reported=None if s is None else _moment(s.last_reported, f"station {station_id!r}"),
             )
         )
     timezone = system.timezone
@@ -228,7 +230,6 @@ def parse(files: dict[str, bytes]) -> Feed:
         system_id=system.system_id,
         system_name=_text(system.name, language),
         timezone=timezone,
-        ttl=min(ttls),
     )
 
 
@@ -326,11 +327,6 @@ class FeedReader:
             time.monotonic() + _ttl(body),
         )
         return body, cached is None or cached.body != body
-
-    def forget(self) -> None:
-        """After a refused import: read everything afresh next time, so a fixed feed is imported even if the
-        server says 304."""
-        self._cache.clear()
 
 
 def _ttl(body: bytes) -> int:
