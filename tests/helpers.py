@@ -44,6 +44,8 @@ TASK_KEYS = frozenset(
         "last_error",
         "not_before",
         "available_at",
+        # Stations: why the latest station status cannot serve it.
+        "stale_reason",
     }
 )
 SUGGESTION_KEYS = frozenset(

@@ -10,11 +10,20 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _one_station_each(item: dict[str, Any]) -> bool:
+    """Each end named once, by registry id: by one of `from_station_id` and `from_station` (a rule between
+    two fields), and not by a GBFS id, which names no station in the run's empty registry."""
+    return all(f"{end}_station_id" in item and f"{end}_station" not in item for end in ("from", "to"))
+
+
 @schemathesis.hook
 def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
-    """A suggestion's two stations must differ, a rule between two fields that JSON Schema cannot state (the
-    schema says it in words): such a batch is refused with 400, as it should be."""
+    """A suggestion's two stations must differ and each be named once, rules between two fields that JSON
+    Schema cannot state (the schema says them in words): such a batch is refused with 400, as it should be."""
     items = body if isinstance(body, list) else [body]
+    suggestions = context.operation is not None and context.operation.path == "/suggestions"
+    if suggestions and any(isinstance(item, dict) and not _one_station_each(item) for item in items):
+        return False
     if any(
         isinstance(item, dict)
         and "from_station_id" in item
@@ -52,3 +61,13 @@ def map_body(context: schemathesis.HookContext, body: Any) -> Any:
     if _is_number(wait) and 0 < wait <= 30:
         return {**body, "wait_seconds": 0.01}
     return body
+
+
+@schemathesis.hook
+def filter_query(context: schemathesis.HookContext, query: Any) -> bool:
+    """GET /stations takes `lat`, `lon` and `radius_km` together or none of them (the schema says it in
+    words)."""
+    if not isinstance(query, dict):
+        return True
+    given = sum(name in query for name in ("lat", "lon", "radius_km"))
+    return given in (0, 3)

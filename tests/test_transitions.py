@@ -35,6 +35,7 @@ HELD = Task(
     last_error=None,
     not_before=None,
     available_at=NOW,
+    stale_reason=None,
 )
 
 

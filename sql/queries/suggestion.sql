@@ -6,6 +6,13 @@ WHERE id > $1
 ORDER BY id
 LIMIT $2;
 
+-- name: suggestion_list_by_station :many
+-- The pending suggestions from or to station $1, oldest first.
+SELECT id, from_station_id, to_station_id, qty, reason, priority, not_before, created_at
+FROM suggestions
+WHERE from_station_id = $1 OR to_station_id = $1
+ORDER BY id;
+
 -- name: suggestion_lock_for_ingest :exec
 -- Taken first by every ingest. SHARE ROW EXCLUSIVE conflicts with itself and with the ROW EXCLUSIVE that an
 -- approval's DELETE takes, so the ingest's statement snapshot (taken after this lock) sees every committed
@@ -81,7 +88,8 @@ LIMIT $3
 FOR UPDATE SKIP LOCKED;
 
 -- name: suggestion_upsert_batch :many
--- Ingest a whole batch in one statement. $1..$6 are parallel arrays, one element per input item. Returns one
+-- Ingest a whole batch in one statement. $1..$6 are parallel arrays, one element per input item (the stations
+-- by registry id, as the handler resolved them from ids or GBFS station_ids). Returns one
 -- row per item that created or updated a suggestion: its 1-based position in the input, the id, and whether
 -- it was inserted.
 WITH input AS (

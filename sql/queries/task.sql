@@ -19,7 +19,8 @@
 -- Turn pending suggestions into ready tasks and delete the suggestions, recording each as approved, in one
 -- statement. Returns only the tasks this call created: ids approved earlier (or by a racing call, whose DELETE
 -- this one waited for) are read afterwards with task_list_by_suggestions, which runs with a fresh snapshot.
--- $2 is the clock, $3 the actor.
+-- $2 is the clock, $3 the actor. A task whose stations' latest status cannot serve it is flagged
+-- (stale_reason) from the start.
 WITH approved AS (
     DELETE FROM suggestions
     WHERE id = ANY($1::bigint[])
@@ -28,12 +29,16 @@ WITH approved AS (
 created AS (
     INSERT INTO tasks (
         suggestion_id, from_station_id, to_station_id, qty, reason, priority, not_before, created_at,
-        available_at
+        available_at, stale_reason
     )
-    SELECT id, from_station_id, to_station_id, qty, reason, priority, not_before,
-           coalesce($2::timestamptz, now()), coalesce(not_before, $2::timestamptz, now())
-    FROM approved
-    ORDER BY id
+    SELECT a.id, a.from_station_id, a.to_station_id, a.qty, a.reason, a.priority, a.not_before,
+           coalesce($2::timestamptz, now()), coalesce(a.not_before, $2::timestamptz, now()),
+           task_stale_reason(a.qty, a.from_station_id, f.num_bikes_available, a.to_station_id,
+                             d.num_docks_available)
+    FROM approved a
+    LEFT JOIN stations f ON f.id = a.from_station_id
+    LEFT JOIN stations d ON d.id = a.to_station_id
+    ORDER BY a.id
     RETURNING *
 ),
 logged AS (
@@ -252,9 +257,36 @@ WHERE ($1::text IS NULL OR status = $1::text)
 ORDER BY id
 LIMIT $4;
 
+-- name: task_list_by_station_finished :many
+-- The last $2 finished (completed, failed, canceled) tasks from or to station $1, newest first.
+SELECT *
+FROM tasks
+WHERE (from_station_id = $1 OR to_station_id = $1) AND status IN ('completed', 'failed', 'canceled')
+ORDER BY id DESC
+LIMIT $2;
+
+-- name: task_list_by_station_open :many
+-- The open (ready, assigned, stalled) tasks from or to station $1, oldest first.
+SELECT *
+FROM tasks
+WHERE (from_station_id = $1 OR to_station_id = $1) AND is_open
+ORDER BY id;
+
 -- name: task_list_by_suggestions :many
 -- The tasks made from these suggestions, whichever call approved them.
 SELECT * FROM tasks WHERE suggestion_id = ANY($1::bigint[]);
+
+-- name: task_list_stale :many
+-- As task_list, only the open tasks flagged stale, read through tasks_stale_idx (a finished task keeps the
+-- flag it ended with, as a record, and is not listed).
+SELECT *
+FROM tasks
+WHERE stale_reason IS NOT NULL AND is_open
+  AND ($1::text IS NULL OR status = $1::text)
+  AND ($2::text IS NULL OR worker_id = $2::text)
+  AND id > $3
+ORDER BY id
+LIMIT $4;
 
 -- name: task_notify_due :one
 -- Wake long-polling workers when delayed or backed-off tasks became due since $1 (no trigger fires for the
@@ -392,3 +424,25 @@ unchanged AS (
 SELECT true AS changed, * FROM retried
 UNION ALL
 SELECT false, * FROM unchanged;
+
+-- name: task_stale_refresh :one
+-- Re-evaluate the stale flag of the open tasks from or to the stations $1, whose bikes or docks available
+-- have just changed: set where the latest status cannot serve the task, cleared where it now can. Only rows
+-- whose flag changes are written. Returns how many were.
+WITH evaluated AS (
+    SELECT o.id,
+           task_stale_reason(o.qty, o.from_station_id, f.num_bikes_available, o.to_station_id,
+                             d.num_docks_available) AS reason
+    FROM tasks o
+    LEFT JOIN stations f ON f.id = o.from_station_id
+    LEFT JOIN stations d ON d.id = o.to_station_id
+    WHERE o.is_open AND (o.from_station_id = ANY($1::integer[]) OR o.to_station_id = ANY($1::integer[]))
+),
+refreshed AS (
+    UPDATE tasks t
+    SET stale_reason = e.reason
+    FROM evaluated e
+    WHERE t.id = e.id AND t.is_open AND t.stale_reason IS DISTINCT FROM e.reason
+    RETURNING t.id
+)
+SELECT count(*) AS flagged FROM refreshed;

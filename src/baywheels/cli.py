@@ -1,5 +1,5 @@
-"""``baywheels``: serve the API, migrate the database, manage API keys, print a query; and, as clients of a
-running service, a command-line worker and a simulated day."""
+"""``baywheels``: serve the API, migrate the database, manage API keys, import stations, print a query; and,
+as clients of a running service, a command-line worker and a simulated day."""
 
 import argparse
 import asyncio
@@ -218,6 +218,39 @@ def keys(settings: config.Settings, args: argparse.Namespace) -> int:
             server.stop()
 
 
+def stations(settings: config.Settings, args: argparse.Namespace) -> int:
+    """`stations import`: read a GBFS feed (a gbfs.json URL or a folder of its files) into the registry, in
+    one transaction; a feed that cannot be read or is malformed changes nothing."""
+    from . import db, gbfs
+
+    settings, server = _database(settings)
+    assert settings.database_url is not None
+
+    async def run() -> int:
+        assert settings.database_url is not None
+        await db.migrate(db.session_dsn(settings))
+        conn = await db.connect(db.session_dsn(settings), timeout=settings.db_connect_timeout)
+        try:
+            result = await gbfs.import_source(conn, args.source, settings.gbfs_timeout_seconds)
+        except gbfs.FeedError as exc:
+            print(f"baywheels stations import: refused, nothing changed: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await conn.close()
+        print(
+            f"Imported {result.stations} stations from {args.source}: {result.created} new, "
+            f"{result.deactivated} no longer in the feed (kept, inactive), {result.status_changed} with new "
+            f"figures, {result.stale_changed} open tasks re-flagged."
+        )
+        return 0
+
+    try:
+        return asyncio.run(run())
+    finally:
+        if server is not None:
+            server.stop()
+
+
 def _cell(value: object) -> str:
     if value is None:
         return "-"
@@ -290,6 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_commands.add_parser("list", help="every key, revoked ones included (never the secret)")
     revoke_cmd = keys_commands.add_parser("revoke", help="revoke a key: refused everywhere within 5 s")
     revoke_cmd.add_argument("key_id")
+    stations_cmd = commands.add_parser("stations", help="the station registry (DATABASE_URL or embedded)")
+    stations_commands = stations_cmd.add_subparsers(dest="stations_command", required=True)
+    import_cmd = stations_commands.add_parser(
+        "import", help="import a GBFS feed (v2.3, v3.x) in one transaction; a malformed one changes nothing"
+    )
+    import_cmd.add_argument(
+        "source", metavar="URL_OR_FOLDER", help="a gbfs.json URL, or a folder of GBFS files"
+    )
     sql_cmd = commands.add_parser("sql", help="print a named query (for psql), or list them")
     sql_cmd.add_argument("name", nargs="?", help="query name; omit to list all")
     clients = _client_commands(commands)
@@ -320,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         serve(settings, migrate=not args.no_migrate)
     elif args.command == "keys":
         return keys(settings, args)
+    elif args.command == "stations":
+        return stations(settings, args)
     else:
         migrate(settings)
     return 0

@@ -1,8 +1,8 @@
 """The maintenance loop: periodic jobs that must run in one instance at a time, as River's
 ``internal/maintenance`` does. Every instance runs the loop, but only the holder of one PostgreSQL advisory
 lock (on its own connection) runs the jobs; the others poll the lock and take over when its connection goes
-away. Each job is a small object with an interval and one query: lease rescue, due-task announcements
-and suggestion expiry today, a station-feed refresh and retention later.
+away. Each job is a small object with an interval and one query: lease rescue, due-task announcements,
+suggestion expiry and the station feed's refresh (GBFS_URL) today; retention later.
 
 After an outage (the leader lost the database and got it back) the jobs hear how long it lasted: lease
 rescue then spares, for a grace as long as the outage (capped at LEASE_GRACE_MAX_SECONDS), the leases that
@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 from asyncpg.pool import PoolConnectionProxy
 
-from . import db, queries
+from . import db, gbfs, queries
 from .metrics import TRANSITIONS
 from .settings import Settings
 
@@ -53,6 +53,9 @@ class Job:
 
     def resumed(self, outage: Outage) -> None:
         """The leader is back after an outage (also told to a newly elected leader that had one)."""
+
+    def stop(self) -> None:
+        """The loop is stopping: cancel anything the job runs beside it."""
 
 
 class LeaseRescue(Job):
@@ -142,10 +145,62 @@ async def expire_suggestions(
         return await queries.suggestion_remove(conn, stale, "expired", reason, now, actor="system")
 
 
+class FeedRefresh(Job):
+    """Keeps the station registry current from GBFS_URL: imports at once when its instance becomes the
+    leader, then whenever a file's ttl has run out (at least GBFS_REFRESH_MIN_SECONDS apart) and a conditional
+    GET finds a change. The HTTP reads run beside the loop, so a slow feed never delays lease rescue; the
+    import itself runs on the leader's connection, in one transaction. A refused feed is logged and tried
+    again at the next read, the registry left as it was."""
+
+    name = "gbfs_refresh"
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.gbfs_url is not None
+        self.interval = settings.reaper_interval_seconds  # how often the loop looks in on a read in flight
+        self._url = settings.gbfs_url
+        self._reader = gbfs.FeedReader(settings.gbfs_url, settings.gbfs_timeout_seconds)
+        self._min_seconds = settings.gbfs_refresh_min_seconds
+        self._reading: asyncio.Task[tuple[dict[str, bytes], bool]] | None = None
+        self._next_read = 0.0  # time.monotonic()
+        # Read but not imported yet (refused, or the database went away meanwhile): import at the next read
+        # even if the server then says 304.
+        self._pending = False
+
+    async def run(self, conn: queries.Conn) -> bool:
+        if self._reading is None:
+            if time.monotonic() >= self._next_read:
+                self._reading = asyncio.create_task(self._reader.read())
+            return False
+        if not self._reading.done():
+            return False
+        reading, self._reading = self._reading, None
+        self._next_read = time.monotonic() + self._min_seconds
+        try:
+            files, changed = reading.result()
+            self._pending = self._pending or changed
+            if self._pending:
+                assert isinstance(conn, asyncpg.Connection)
+                result = await gbfs.store(conn, gbfs.parse(files), self._url)
+                self._pending = False
+                log.info("gbfs_imported", url=self._url, **gbfs.log_fields(result))
+        except gbfs.FeedError as exc:
+            log.warning("gbfs_refused", url=self._url, error=str(exc))
+            return False
+        self._next_read = time.monotonic() + max(self._min_seconds, self._reader.next_due())
+        return False
+
+    def stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+
 def default_jobs(settings: Settings) -> list[Job]:
     jobs: list[Job] = [LeaseRescue(settings), DueAnnouncer(settings)]
     if settings.suggestion_ttl is not None:
         jobs.append(SuggestionExpiry(settings, settings.suggestion_ttl))
+    if settings.gbfs_url is not None:
+        jobs.append(FeedRefresh(settings))
     return jobs
 
 
@@ -162,6 +217,13 @@ class Maintenance:
     async def run(self) -> None:
         """Until cancelled: connect, win the lock (or wait for it), run the jobs; on any database error
         connect again."""
+        try:
+            await self._run()
+        finally:
+            for job in self.jobs:
+                job.stop()
+
+    async def _run(self) -> None:
         interval = self._settings.reaper_interval_seconds
         while True:
             try:

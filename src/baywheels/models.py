@@ -1,6 +1,6 @@
 """Request and response bodies. The docstring of each Struct becomes its description in the OpenAPI schema."""
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -68,19 +68,40 @@ class Health(Model, frozen=True, kw_only=True, omit_defaults=True):
     warning: str | None = None
 
 
-class SuggestionIn(Model, frozen=True, kw_only=True):
-    """One rebalancing suggestion posted by the ML engine; `from_station_id` and `to_station_id` differ."""
+GbfsStationId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=255,
+        pattern=NO_NUL,
+        description="The station's `station_id` in the GBFS feed.",
+    ),
+]
 
-    from_station_id: StationId
-    to_station_id: Annotated[StationId, Meta(description="Station id; must differ from from_station_id.")]
+
+class SuggestionIn(Model, frozen=True, kw_only=True):
+    """One rebalancing suggestion posted by the ML engine. Each end is named by the service's integer id
+    (`from_station_id`, `to_station_id`) or by its GBFS `station_id` (`from_station`, `to_station`): one of
+    the two, and the ends differ. Once the registry holds stations, both must be stations in it."""
+
+    from_station_id: StationId | UnsetType = UNSET
+    to_station_id: StationId | UnsetType = UNSET
+    from_station: GbfsStationId | UnsetType = UNSET
+    to_station: GbfsStationId | UnsetType = UNSET
     qty: Qty
     reason: Reason
     priority: Priority = 0
     not_before: NotBefore | None = None
 
     def __post_init__(self) -> None:
-        if self.from_station_id == self.to_station_id:
+        for end in ("from", "to"):
+            by_id = getattr(self, f"{end}_station_id") is not UNSET
+            if by_id == (getattr(self, f"{end}_station") is not UNSET):
+                raise ValueError(f"name the {end} station by one of {end}_station_id and {end}_station")
+        if self.from_station_id is not UNSET and self.from_station_id == self.to_station_id:
             raise ValueError("from_station_id and to_station_id must differ")
+        if self.from_station is not UNSET and self.from_station == self.to_station:
+            raise ValueError("from_station and to_station must differ")
         if self.not_before is not None and not _storable(self.not_before):
             raise ValueError("not_before is out of range once converted to UTC")
 
@@ -216,6 +237,9 @@ class Task(Model, frozen=True, kw_only=True):
     last_error: str | None
     not_before: datetime | None
     available_at: datetime
+    # Why the stations' latest status cannot serve it (README, "Stations"). A default, so that the clients
+    # still read the answers of a service from before it.
+    stale_reason: str | None = None
 
 
 class ApproveManyResult(Model, frozen=True, kw_only=True):
@@ -296,10 +320,12 @@ class SuggestionPage(Model, frozen=True, kw_only=True):
 
 
 class TaskPage(Model, frozen=True, kw_only=True):
-    """Query parameters of `GET /tasks`."""
+    """Query parameters of `GET /tasks`; `flag=stale`: only open tasks whose stations' latest status cannot
+    serve them (`stale_reason` set)."""
 
     status: TaskStatus | None = None
     worker_id: WorkerId | None = None
+    flag: Literal["stale"] | None = None
     limit: Limit = 100
     after_id: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
 
@@ -455,3 +481,81 @@ class Stats(Model, frozen=True, kw_only=True):
     assigned_to_completed: Durations
     attention: list[Task]
     attention_total: int
+
+
+# Stations ------------------------------------------------------------------------------------------------
+
+Fill = Annotated[float, Meta(ge=0, le=1, description="Bikes available / capacity.")]
+
+
+class StationPage(Model, frozen=True, kw_only=True):
+    """Query parameters of `GET /stations`: `lat`, `lon` and `radius_km` together (great-circle distance),
+    fill bounds (included), active or not."""
+
+    lat: Annotated[float, Meta(ge=-90, le=90)] | None = None
+    lon: Annotated[float, Meta(ge=-180, le=180)] | None = None
+    radius_km: Annotated[float, Meta(gt=0, le=20_000)] | None = None
+    fill_below: Fill | None = None
+    fill_above: Fill | None = None
+    active: bool | None = None
+    limit: Limit = 100
+    after_id: Annotated[int, Meta(ge=0, le=INT32_MAX)] = 0
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("lat", "lon", "radius_km") if getattr(self, name) is not None]
+        if given and len(given) < 3:
+            missing = [name for name in ("lat", "lon", "radius_km") if name not in given]
+            raise ValueError(f"lat, lon and radius_km go together: {', '.join(missing)} missing")
+
+
+class Station(Model, frozen=True, kw_only=True):
+    """A station of the registry: the service's `id` (what suggestions and tasks name), the GBFS feed's
+    identifiers as given, and its latest status. `active` is false once it has left the feed."""
+
+    id: int
+    gbfs_station_id: str
+    short_name: str | None
+    legacy_id: str | None
+    name: str
+    lat: float
+    lon: float
+    capacity: int | None
+    num_bikes_available: int | None
+    num_docks_available: int | None
+    is_renting: bool | None
+    is_returning: bool | None
+    last_reported: datetime | None
+    active: bool
+
+
+class StationDetail(Station, frozen=True, kw_only=True):
+    """A station with its pending suggestions, open tasks and last 50 finished tasks (newest first)."""
+
+    suggestions: list[Suggestion]
+    open_tasks: list[Task]
+    finished_tasks: list[Task]
+
+
+class StationHistoryQuery(Model, frozen=True, kw_only=True):
+    """Query parameters of `GET /stations/{id}/history`."""
+
+    days: Annotated[int, Meta(ge=1, le=366, description="Days back from now.")] = 30
+
+
+class StationDay(Model, frozen=True, kw_only=True):
+    """Bikes moved out of and into a station by the tasks completed on one day."""
+
+    day: date
+    bikes_out: int
+    bikes_in: int
+    tasks_out: int
+    tasks_in: int
+
+
+class StationHistory(Model, frozen=True, kw_only=True):
+    """A station's completed moves per day, days in `timezone` (the GBFS system's, else UTC); days without
+    any are left out."""
+
+    station_id: int
+    timezone: str
+    days: list[StationDay]

@@ -20,6 +20,8 @@ from .models import (
     Percentiles,
     Role,
     StateCounts,
+    Station,
+    StationDay,
     Suggestion,
     SuggestionIn,
     SuggestionOutcome,
@@ -171,6 +173,100 @@ async def migration_unlock(conn: Conn) -> None:
     await conn.execute(_MIGRATION_UNLOCK)
 
 
+# station.sql
+
+_STATION_FIELDS = Station.__struct_fields__
+
+
+def _station(row: asyncpg.Record) -> Station:
+    return Station(**{field: row[field] for field in _STATION_FIELDS})
+
+
+async def station_deactivate_missing(conn: Conn, present_ids: Sequence[int]) -> list[int]:
+    return [row["id"] for row in await conn.fetch(_STATION_DEACTIVATE_MISSING, present_ids)]
+
+
+async def station_feed_lock(conn: Conn) -> None:
+    await conn.execute(_STATION_FEED_LOCK)
+
+
+async def station_get(conn: Conn, station_id: int) -> Station | None:
+    row = await conn.fetchrow(_STATION_GET, station_id)
+    return None if row is None else _station(row)
+
+
+async def station_history(
+    conn: Conn, station_id: int, days: int, now: datetime | None = None
+) -> list[StationDay]:
+    return [StationDay(**dict(row)) for row in await conn.fetch(_STATION_HISTORY, station_id, days, now)]
+
+
+async def station_id_sequence_sync(conn: Conn) -> None:
+    await conn.execute(_STATION_ID_SEQUENCE_SYNC)
+
+
+@dataclass(frozen=True, slots=True)
+class StationFilter:
+    """GET /stations' filters: fill bounds, active, and a circle (lat, lon, metres) or None."""
+
+    fill_below: float | None = None
+    fill_above: float | None = None
+    active: bool | None = None
+    near: tuple[float, float, float] | None = None
+
+
+async def station_list(conn: Conn, where: StationFilter, after_id: int, limit: int) -> list[Station]:
+    common = (after_id, limit, where.fill_below, where.fill_above, where.active)
+    if where.near is None:
+        rows = await conn.fetch(_STATION_LIST, *common)
+    else:
+        rows = await conn.fetch(_STATION_LIST_NEAR, *common, *where.near)
+    return [_station(row) for row in rows]
+
+
+async def station_list_matching(conn: Conn) -> list[asyncpg.Record]:
+    """Rows of (id, gbfs_station_id, short_name, legacy_id) of every station."""
+    return await conn.fetch(_STATION_LIST_MATCHING)
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """What a suggestion batch names: whether the registry holds stations; the existing ones among those
+    named, by id and by GBFS id, with whether each is active."""
+
+    registry: bool
+    by_id: dict[int, bool]
+    by_gbfs: dict[str, tuple[int, bool]]
+
+
+async def station_resolve(conn: Conn, ids: Sequence[int], gbfs_ids: Sequence[str]) -> Resolved:
+    row = await conn.fetchrow(_STATION_RESOLVE, ids, gbfs_ids)
+    assert row is not None
+    found = list(zip(row["ids"], row["gbfs_ids"], row["active"], strict=True))
+    return Resolved(
+        registry=row["registry"],
+        by_id={i: active for i, _, active in found},
+        by_gbfs={g: (i, active) for i, g, active in found},
+    )
+
+
+async def station_system_get(conn: Conn) -> asyncpg.Record | None:
+    """(system_id, name, timezone, source, imported_at) of the last import, None before any."""
+    return await conn.fetchrow(_STATION_SYSTEM_GET)
+
+
+async def station_system_set(
+    conn: Conn, system_id: str | None, name: str | None, timezone: str | None, source: str
+) -> None:
+    await conn.execute(_STATION_SYSTEM_SET, system_id, name, timezone, source)
+
+
+async def station_upsert_many(conn: Conn, ids: Sequence[int], columns: Sequence[Sequence[Any]]) -> list[int]:
+    """Write stations under the ids given, ``columns`` the query's $2.. arrays (gbfs.FeedStation's fields, in
+    order); the ids whose bikes or docks available changed."""
+    return [row["id"] for row in await conn.fetch(_STATION_UPSERT_MANY, ids, *columns)]
+
+
 # stats.sql
 
 
@@ -224,6 +320,10 @@ async def suggestion_list(conn: Conn, after_id: int, limit: int) -> list[Suggest
     return [Suggestion(**dict(row)) for row in rows]
 
 
+async def suggestion_list_by_station(conn: Conn, station_id: int) -> list[Suggestion]:
+    return [Suggestion(**dict(row)) for row in await conn.fetch(_SUGGESTION_LIST_BY_STATION, station_id)]
+
+
 async def suggestion_lock_for_ingest(conn: Conn) -> None:
     await conn.execute(_SUGGESTION_LOCK_FOR_INGEST)
 
@@ -270,17 +370,18 @@ async def suggestion_stale(
     return [row["id"] for row in await conn.fetch(_SUGGESTION_STALE, ttl_seconds, now, limit)]
 
 
-async def suggestion_upsert_batch(conn: Conn, items: Sequence[SuggestionIn]) -> list[asyncpg.Record]:
-    """Rows of (ord, id, inserted) for the items that created or updated a suggestion."""
-    columns: tuple[list[Any], ...] = ([], [], [], [], [], [])
+async def suggestion_upsert_batch(
+    conn: Conn, items: Sequence[SuggestionIn], from_ids: Sequence[int], to_ids: Sequence[int]
+) -> list[asyncpg.Record]:
+    """Rows of (ord, id, inserted) for the items that created or updated a suggestion; the items' stations
+    are ``from_ids`` and ``to_ids`` (aligned with them), as the handler resolved them."""
+    columns: tuple[list[Any], ...] = ([], [], [], [])
     for item in items:
-        columns[0].append(item.from_station_id)
-        columns[1].append(item.to_station_id)
-        columns[2].append(item.qty)
-        columns[3].append(item.reason)
-        columns[4].append(item.priority)
-        columns[5].append(item.not_before)
-    return await conn.fetch(_SUGGESTION_UPSERT_BATCH, *columns)
+        columns[0].append(item.qty)
+        columns[1].append(item.reason)
+        columns[2].append(item.priority)
+        columns[3].append(item.not_before)
+    return await conn.fetch(_SUGGESTION_UPSERT_BATCH, from_ids, to_ids, *columns)
 
 
 # task.sql
@@ -389,9 +490,20 @@ async def task_heartbeat(
 
 
 async def task_list(
-    conn: Conn, status: str | None, worker_id: str | None, after_id: int, limit: int
+    conn: Conn, status: str | None, worker_id: str | None, after_id: int, limit: int, *, stale: bool = False
 ) -> list[Task]:
-    return _tasks(await conn.fetch(_TASK_LIST, status, worker_id, after_id, limit))
+    """With ``stale``, only the open tasks flagged stale (task_list_stale)."""
+    return _tasks(
+        await conn.fetch(_TASK_LIST_STALE if stale else _TASK_LIST, status, worker_id, after_id, limit)
+    )
+
+
+async def task_list_by_station_finished(conn: Conn, station_id: int, limit: int) -> list[Task]:
+    return _tasks(await conn.fetch(_TASK_LIST_BY_STATION_FINISHED, station_id, limit))
+
+
+async def task_list_by_station_open(conn: Conn, station_id: int) -> list[Task]:
+    return _tasks(await conn.fetch(_TASK_LIST_BY_STATION_OPEN, station_id))
 
 
 async def task_list_by_suggestions(conn: Conn, suggestion_ids: Sequence[int]) -> list[Task]:
@@ -452,6 +564,12 @@ async def task_retry(
     return _change(await conn.fetchrow(_TASK_RETRY, task_id, reason, now, actor))
 
 
+async def task_stale_refresh(conn: Conn, station_ids: Sequence[int]) -> int:
+    """Re-flag the open tasks at these stations; how many flags changed."""
+    flagged: int = await conn.fetchval(_TASK_STALE_REFRESH, station_ids)
+    return flagged
+
+
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
 _API_KEY_AUTHENTICATE = _query_text("api_key_authenticate", "many")
 _API_KEY_BOOTSTRAP_LOCK = _query_text("api_key_bootstrap_lock", "exec")
@@ -466,11 +584,24 @@ _MIGRATION_LOCK = _query_text("migration_lock", "exec")
 _MIGRATION_RECORD = _query_text("migration_record", "exec")
 _MIGRATION_TABLE_CREATE = _query_text("migration_table_create", "exec")
 _MIGRATION_UNLOCK = _query_text("migration_unlock", "exec")
+_STATION_DEACTIVATE_MISSING = _query_text("station_deactivate_missing", "many")
+_STATION_FEED_LOCK = _query_text("station_feed_lock", "exec")
+_STATION_GET = _query_text("station_get", "one")
+_STATION_HISTORY = _query_text("station_history", "many")
+_STATION_ID_SEQUENCE_SYNC = _query_text("station_id_sequence_sync", "exec")
+_STATION_LIST = _query_text("station_list", "many")
+_STATION_LIST_MATCHING = _query_text("station_list_matching", "many")
+_STATION_LIST_NEAR = _query_text("station_list_near", "many")
+_STATION_RESOLVE = _query_text("station_resolve", "one")
+_STATION_SYSTEM_GET = _query_text("station_system_get", "one")
+_STATION_SYSTEM_SET = _query_text("station_system_set", "exec")
+_STATION_UPSERT_MANY = _query_text("station_upsert_many", "many")
 _STATS_ATTENTION = _query_text("stats_attention", "many")
 _STATS_COUNTS = _query_text("stats_counts", "one")
 _STATS_HOURLY = _query_text("stats_hourly", "many")
 _STATS_LATENCY = _query_text("stats_latency", "many")
 _SUGGESTION_LIST = _query_text("suggestion_list", "many")
+_SUGGESTION_LIST_BY_STATION = _query_text("suggestion_list_by_station", "many")
 _SUGGESTION_LOCK_FOR_INGEST = _query_text("suggestion_lock_for_ingest", "exec")
 _SUGGESTION_OUTCOME_HORIZON = _query_text("suggestion_outcome_horizon", "one")
 _SUGGESTION_OUTCOME_LIST = _query_text("suggestion_outcome_list", "many")
@@ -490,9 +621,13 @@ _TASK_FAIL = _query_text("task_fail", "one")
 _TASK_GET = _query_text("task_get", "one")
 _TASK_HEARTBEAT = _query_text("task_heartbeat", "one")
 _TASK_LIST = _query_text("task_list", "many")
+_TASK_LIST_BY_STATION_FINISHED = _query_text("task_list_by_station_finished", "many")
+_TASK_LIST_BY_STATION_OPEN = _query_text("task_list_by_station_open", "many")
 _TASK_LIST_BY_SUGGESTIONS = _query_text("task_list_by_suggestions", "many")
+_TASK_LIST_STALE = _query_text("task_list_stale", "many")
 _TASK_NOTIFY_DUE = _query_text("task_notify_due", "one")
 _TASK_PICKUP = _query_text("task_pickup", "one")
 _TASK_RELEASE = _query_text("task_release", "one")
 _TASK_RESCUE_EXPIRED = _query_text("task_rescue_expired", "many")
 _TASK_RETRY = _query_text("task_retry", "one")
+_TASK_STALE_REFRESH = _query_text("task_stale_refresh", "one")

@@ -130,6 +130,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_public: bool = False
     # Origins a browser may call from (comma-separated), for a dashboard served elsewhere. Empty: none.
     cors_origins: str = ""
+    # Stations (README, "Stations"): a GBFS feed's gbfs.json, imported at start-up (readiness waits for it)
+    # and kept current by the maintenance loop's leader, honouring each file's ttl with conditional GETs.
+    gbfs_url: Annotated[str, Meta(pattern="^https?://")] | None = None
+    # The feed is read again no sooner than this after the last read, whatever its ttl says (a ttl of 0).
+    gbfs_refresh_min_seconds: Annotated[float, Meta(ge=0.1, le=86400)] = 15.0
+    # Each HTTP request to the feed gives up after this long (the import is refused, tried again later).
+    gbfs_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
     # TLS terminated by the service itself; both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None

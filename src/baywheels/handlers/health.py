@@ -28,17 +28,26 @@ async def healthz(request: Request) -> Response:
 
 @endpoints.get(
     "/readyz",
-    "Readiness: the database answers",
+    "Readiness: the database answers (and the station feed was imported)",
     Health,
     public=True,
-    description="`warning` says so when authentication is off (AUTH=off).",
+    description=(
+        "`warning` says so when authentication is off (AUTH=off). With GBFS_URL set, not ready until the "
+        "station feed has been imported once."
+    ),
 )
 async def readyz(request: Request) -> Response:
     settings = app_state(request).settings
+    retry_after = {"Retry-After": str(settings.retry_after)}
     try:
-        await queries.health_ping(pool(request))
+        if settings.gbfs_url is None:
+            await queries.health_ping(pool(request))
+        else:
+            imported = await queries.station_system_get(pool(request)) is not None
     except Exception as exc:
-        raise Unavailable("Database unavailable", {"Retry-After": str(settings.retry_after)}) from exc
+        raise Unavailable("Database unavailable", retry_after) from exc
+    if settings.gbfs_url is not None and not imported:
+        raise Unavailable("Waiting for the first import of the station feed (GBFS_URL)", retry_after)
     if not settings.auth_on:
         return MsgspecResponse(Health(status="ready", warning=AUTH_OFF_WARNING))
     return MsgspecResponse(Health(status="ready"))

@@ -1,12 +1,14 @@
 """Suggestions from the ML engine: ingest a batch, list the pending ones, dismiss some, and read what
 became of each (the outcomes the ML engine learns from)."""
 
+from msgspec import UNSET, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
 from ..auth import principal
 from ..endpoints import Endpoints
+from ..errors import BadRequest
 from ..models import (
     INT64_MAX,
     DismissRequest,
@@ -15,6 +17,7 @@ from ..models import (
     OutcomePage,
     Suggestion,
     SuggestionBatch,
+    SuggestionIn,
     SuggestionOutcome,
     SuggestionPage,
 )
@@ -42,13 +45,16 @@ async def list_suggestions(request: Request, query: SuggestionPage) -> Response:
     roles=("ml", "operator", "admin"),
     description=(
         "Per station pair: a pending suggestion is updated in place, a pair with an open task is skipped "
-        "(null id, counted as a duplicate), and within the batch the last item for a pair wins."
+        "(null id, counted as a duplicate), and within the batch the last item for a pair wins. Once the "
+        "station registry holds stations, every station named must be an active one (by `id` or GBFS "
+        "`station_id`), or the whole batch is refused with a 400 naming the first that is not."
     ),
 )
 async def ingest(request: Request, body: SuggestionBatch) -> Response:
     async with pool(request).acquire() as conn, conn.transaction():
+        from_ids, to_ids = await _stations(conn, body)
         await queries.suggestion_lock_for_ingest(conn)
-        rows = await queries.suggestion_upsert_batch(conn, body)
+        rows = await queries.suggestion_upsert_batch(conn, body, from_ids, to_ids)
     ids: list[int | None] = [None] * len(body)
     created = 0
     for row in rows:
@@ -101,3 +107,47 @@ async def list_outcomes(request: Request, query: OutcomePage) -> Response:
     db = pool(request)
     horizon = await queries.suggestion_outcome_horizon(db)
     return MsgspecResponse(await queries.suggestion_outcome_list(db, after, query.limit, horizon))
+
+
+async def _stations(conn: queries.Conn, items: list[SuggestionIn]) -> tuple[list[int], list[int]]:
+    """The registry ids of each item's two stations, checked against the registry in one query. With an
+    empty registry any positive integer is accepted, as before there was one."""
+    ids: set[int] = set()
+    names: set[str] = set()
+    for item in items:
+        for by_id, by_name in (
+            (item.from_station_id, item.from_station),
+            (item.to_station_id, item.to_station),
+        ):
+            if by_id is not UNSET:
+                ids.add(by_id)
+            elif by_name is not UNSET:
+                names.add(by_name)
+    known = await queries.station_resolve(conn, list(ids), list(names))
+    from_ids: list[int] = []
+    to_ids: list[int] = []
+    for index, item in enumerate(items):
+        from_id = _station(known, index, "from", item.from_station_id, item.from_station)
+        to_id = _station(known, index, "to", item.to_station_id, item.to_station)
+        if from_id == to_id:
+            raise BadRequest(f"The two stations are the same station ({from_id}) - at `$[{index}]`")
+        from_ids.append(from_id)
+        to_ids.append(to_id)
+    return from_ids, to_ids
+
+
+def _station(
+    known: queries.Resolved, index: int, end: str, by_id: int | UnsetType, by_name: str | UnsetType
+) -> int:
+    """The registry id of one end of item ``index``, or a 400 naming the field."""
+    if by_id is not UNSET:
+        if known.registry and not known.by_id.get(by_id, False):
+            state = "is inactive (it left the GBFS feed)" if by_id in known.by_id else "is unknown"
+            raise BadRequest(f"Station id {by_id} {state} - at `$[{index}].{end}_station_id`")
+        return by_id
+    assert by_name is not UNSET
+    found = known.by_gbfs.get(by_name)
+    if found is None or not found[1]:
+        state = "is unknown" if found is None else "is inactive (it left the GBFS feed)"
+        raise BadRequest(f"GBFS station_id {by_name!r} {state} - at `$[{index}].{end}_station`")
+    return found[0]

@@ -207,10 +207,13 @@ async def task_events(request: Request) -> Response:
 
 @endpoints.get(
     "/tasks",
-    "List tasks, filtered by status and worker",
+    "List tasks, filtered by status, worker and flag",
     list[Task],
     roles=READERS,
-    description="A worker's key lists its own tasks only (naming another `worker_id` is a 403).",
+    description=(
+        "A worker's key lists its own tasks only (naming another `worker_id` is a 403). `flag=stale`: the "
+        "open tasks whose stations' latest status cannot serve them (`stale_reason`); they are still offered."
+    ),
 )
 async def list_tasks(request: Request, query: TaskPage) -> Response:
     worker_id = query.worker_id
@@ -219,5 +222,7 @@ async def list_tasks(request: Request, query: TaskPage) -> Response:
         if worker_id is not None and worker_id != bound:
             raise Forbidden(f"This key belongs to worker '{bound}': it lists only that worker's tasks")
         worker_id = bound
-    tasks = await queries.task_list(pool(request), query.status, worker_id, query.after_id, query.limit)
+    tasks = await queries.task_list(
+        pool(request), query.status, worker_id, query.after_id, query.limit, stale=query.flag == "stale"
+    )
     return MsgspecResponse(tasks)
