@@ -2,7 +2,7 @@
 gathered here for the app's routes and the OpenAPI document."""
 
 from ..endpoints import Endpoint
-from . import dispatch, health, keys, operators, suggestions, tasks
+from . import dispatch, health, keys, operators, suggestions, tasks, workers
 
 # In the order the router tries them (it matches one route after another): the workers' calls, the most
 # frequent by far, first.
@@ -11,6 +11,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *tasks.endpoints,
     *suggestions.endpoints,
     *operators.endpoints,
+    *workers.endpoints,
     *keys.endpoints,
     *health.endpoints,
 )
