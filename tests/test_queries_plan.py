@@ -54,15 +54,23 @@ async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
 CLOCKS = [None, datetime(2030, 1, 1, tzinfo=UTC)]
 
 
-# The parameters before the clock, and after it (the actor).
+# The parameters before the clock, and after it (the actor, one van per station).
 @pytest.mark.parametrize(
     ("query", "args", "after"),
     [
-        ("task_dispatch", ("new-worker", 60, None), ("k1",)),
-        ("task_dispatch", ("new-worker", 60, "idempotency-key"), ("k1",)),
-        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"],)),
+        ("task_dispatch", ("new-worker", 60, None), ("k1", True)),
+        ("task_dispatch", ("new-worker", 60, "idempotency-key"), ("k1", True)),
+        ("task_dispatch", ("new-worker", 60, None), ("k1", False)),
+        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"], True)),
+        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"], False)),
     ],
-    ids=["single", "with idempotency key", "coalesced"],
+    ids=[
+        "single",
+        "with idempotency key",
+        "single, vans may share",
+        "coalesced",
+        "coalesced, vans may share",
+    ],
 )
 @pytest.mark.parametrize("clock", CLOCKS, ids=["database clock", "clock passed in"])
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
@@ -87,7 +95,7 @@ async def test_dispatch_uses_the_ready_index(
 
 async def test_dispatch_takes_the_best_ready_task_among_the_history(history: asyncpg.Pool) -> None:
     """The plan is not only cheap but right: of thousands of tasks, the highest-priority ready one."""
-    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None, "k1")
+    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None, "k1", True)
     assert row is not None
     assert (row["status"], row["priority"], row["worker_id"]) == ("assigned", 2, "new-worker")
     # Ids follow g: the first ready task with g % 3 == 2.

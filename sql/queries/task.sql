@@ -121,10 +121,12 @@ SELECT false, * FROM unchanged;
 -- worker registered as off shift gets nothing.
 --
 -- With $6 (ONE_VAN_PER_STATION), a task whose pickup or drop-off station is held by an assigned task is
--- passed over, and the chosen task's stations are claimed in this statement. A station another dispatch is
--- choosing right now is passed over too (its transaction-level advisory lock is taken: the try fails without
--- waiting), so two dispatches in flight never pick the same station; a dispatch that saw a station free in a
--- snapshot older than a claim's commit fails on the claim instead (station_claim_refused), and is run again.
+-- passed over, and the chosen task's stations are claimed in this statement, in station order (so that two
+-- claiming statements never wait for each other in a cycle). Of two dispatches in flight that chose tasks at
+-- one station, the second waits at the claim for the first to commit and then fails there
+-- (station_claim_refused: nothing of it stays) and is run again, in a snapshot that shows the claim. The
+-- filter here has no side effect (no advisory lock), so that a plan that reads more rows than the head (on
+-- statistics that say few tasks are ready) is slower, never harmful.
 WITH held AS (
     SELECT *
     FROM tasks
@@ -134,13 +136,9 @@ chosen AS (
     SELECT id, from_station_id, to_station_id
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
-      AND (NOT $6::boolean OR (
-          NOT EXISTS (
-              SELECT FROM station_claims c
-              WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
-          )
-          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), from_station_id)
-          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), to_station_id)
+      AND (NOT $6::boolean OR NOT EXISTS (
+          SELECT FROM station_claims c
+          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
       ))
       AND NOT EXISTS (SELECT 1 FROM held)
       AND NOT EXISTS (SELECT FROM workers WHERE worker_id = $1 AND NOT on_shift)
@@ -198,13 +196,9 @@ locked AS (
     SELECT id, priority::bigint + aging AS effective, created_at, from_station_id, to_station_id
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($3::timestamptz, now())
-      AND (NOT $5::boolean OR (
-          NOT EXISTS (
-              SELECT FROM station_claims c
-              WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
-          )
-          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), from_station_id)
-          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), to_station_id)
+      AND (NOT $5::boolean OR NOT EXISTS (
+          SELECT FROM station_claims c
+          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
       ))
     ORDER BY priority::bigint + aging DESC, created_at, id
     LIMIT (SELECT count(*) FROM waiting)
@@ -272,6 +266,12 @@ SELECT * FROM assigned;
 -- in tasks_ready_station_idx for the band's oldest task: the first found is the answer, and only it is
 -- locked. Tasks whose pickup station is not in the registry go to dispatches without a position, except
 -- while the registry is empty: then this is task_dispatch's order.
+--
+-- One van per station ($11) as in task_dispatch, and more: vans near each other look at the same stations, so
+-- a probe also takes the transaction-level advisory lock of both stations of a task (the try fails without
+-- waiting): a station another dispatch is choosing right now is passed over for the next nearest, instead
+-- of waiting at the claim and running again. Safe here because the probe reads only one station's band, in
+-- index order.
 WITH RECURSIVE held AS (
     SELECT *
     FROM tasks
@@ -305,13 +305,13 @@ nearest AS (
             WHERE t.status = 'ready' AND t.from_station_id = s.id AND t.priority::bigint + t.aging = b.effective
               AND t.available_at <= coalesce($4::timestamptz, now())
               AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
-              AND (NOT $11::boolean OR (
+              AND CASE WHEN $11::boolean THEN
                   NOT EXISTS (
                       SELECT FROM station_claims c WHERE c.station_id = t.to_station_id AND c.task_id IS NOT NULL
                   )
                   AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
                   AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
-              ))
+              ELSE true END
             ORDER BY t.created_at, t.id
             LIMIT 1
             FOR UPDATE SKIP LOCKED
@@ -335,13 +335,9 @@ unplaced AS (
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
       AND NOT EXISTS (SELECT FROM stations)
-      AND (NOT $11::boolean OR (
-          NOT EXISTS (
-              SELECT FROM station_claims c
-              WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
-          )
-          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), from_station_id)
-          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), to_station_id)
+      AND (NOT $11::boolean OR NOT EXISTS (
+          SELECT FROM station_claims c
+          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
       ))
       AND NOT EXISTS (SELECT 1 FROM held)
       AND (SELECT on_shift FROM van)

@@ -1,8 +1,8 @@
 """The maintenance loop: periodic jobs that must run in one instance at a time, as River's
 ``internal/maintenance`` does. Every instance runs the loop, but only the holder of one PostgreSQL advisory
 lock (on its own connection) runs the jobs; the others poll the lock and take over when its connection goes
-away. Each job is a small object with an interval and one query: lease rescue and due-task announcements
-today, a station-feed refresh and retention later.
+away. Each job is a small object with an interval and one query: lease rescue, due-task announcements and
+priority aging today, a station-feed refresh and retention later.
 
 After an outage (the leader lost the database and got it back) the jobs hear how long it lasted: lease
 rescue then spares, for a grace as long as the outage (capped at LEASE_GRACE_MAX_SECONDS), the leases that
@@ -107,8 +107,28 @@ class DueAnnouncer(Job):
         return False
 
 
+class PriorityAging(Job):
+    """Raises the effective priority of tasks that have waited (PRIORITY_AGING_MINUTES per step, at most
+    PRIORITY_AGING_MAX). Stored on the task, so dispatch keeps reading one index in order."""
+
+    name = "priority_aging"
+    batch = 1000
+
+    def __init__(self, settings: Settings) -> None:
+        self.interval = settings.reaper_interval_seconds
+        self._minutes = settings.priority_aging_minutes
+        self._most = settings.priority_aging_max
+
+    async def run(self, conn: queries.Conn) -> bool:
+        raised = await queries.task_age(conn, self._minutes, self._most, limit=self.batch)
+        return raised == self.batch
+
+
 def default_jobs(settings: Settings) -> list[Job]:
-    return [LeaseRescue(settings), DueAnnouncer(settings)]
+    jobs: list[Job] = [LeaseRescue(settings), DueAnnouncer(settings)]
+    if settings.priority_aging_minutes > 0 and settings.priority_aging_max > 0:
+        jobs.append(PriorityAging(settings))
+    return jobs
 
 
 class Maintenance:
