@@ -72,26 +72,31 @@ async def test_the_nearest_pickup_beats_an_older_task_within_a_band(stations: as
     older_far = await task(stations, 3, age=timedelta(minutes=20))
     newer_near = await task(stations, 1, age=timedelta(minutes=1))
     got = await near(stations)
-    assert got is not None and got.id == newer_near
+    assert got is not None
+    assert got.id == newer_near
     assert (got.status, got.worker_id) == ("assigned", "van-1")
     got = await near(stations, "van-2")
-    assert got is not None and got.id == older_far
+    assert got is not None
+    assert got.id == older_far
 
 
 async def test_within_a_station_the_oldest_goes_first(stations: asyncpg.Pool) -> None:
     newer = await task(stations, 1, age=timedelta(minutes=1))
     older = await task(stations, 1, age=timedelta(minutes=5))
     got = await near(stations, one_van=False)
-    assert got is not None and got.id == older
+    assert got is not None
+    assert got.id == older
     got = await near(stations, "van-2", one_van=False)
-    assert got is not None and got.id == newer
+    assert got is not None
+    assert got.id == newer
 
 
 async def test_a_higher_band_beats_a_nearer_task(stations: asyncpg.Pool) -> None:
     await task(stations, 1, priority=8)
     urgent_far = await task(stations, 4, priority=9)
     got = await near(stations)
-    assert got is not None and got.id == urgent_far
+    assert got is not None
+    assert got.id == urgent_far
 
 
 async def test_a_van_gets_only_what_it_can_carry(stations: asyncpg.Pool) -> None:
@@ -100,11 +105,13 @@ async def test_a_van_gets_only_what_it_can_carry(stations: asyncpg.Pool) -> None
     await queries.worker_put(stations, "van-6", "Six", 6, None, True)
     # Room for 6, 2 on board: 4 fits, 10 does not (no splitting).
     got = await near(stations, "van-6", Position(lat=VAN.lat, lon=VAN.lon, load=2))
-    assert got is not None and got.id == small_far
+    assert got is not None
+    assert got.id == small_far
     assert await near(stations, "van-6") is None
     # An unregistered van's capacity is unknown: anything goes.
     got = await near(stations, "unregistered")
-    assert got is not None and got.id == big_near
+    assert got is not None
+    assert got.id == big_near
 
 
 async def test_tasks_beyond_the_reach_are_not_offered(stations: asyncpg.Pool) -> None:
@@ -112,12 +119,14 @@ async def test_tasks_beyond_the_reach_are_not_offered(stations: asyncpg.Pool) ->
     assert await near(stations, max_km=14) is None
     twelve_km = await task(stations, 3)
     got = await near(stations, max_km=14)
-    assert got is not None and got.id == twelve_km
+    assert got is not None
+    assert got.id == twelve_km
 
 
 async def test_the_position_is_kept_with_its_time(stations: asyncpg.Pool) -> None:
     await near(stations, "van-9", Position(lat=37.8, lon=-122.4, accuracy_m=12.5, load=3))
     row = await stations.fetchrow("SELECT lat, lon, accuracy_m, load, position_at FROM workers")
+    assert row is not None
     assert dict(row) == {"lat": 37.8, "lon": -122.4, "accuracy_m": 12.5, "load": 3, "position_at": NOON}
 
 
@@ -148,7 +157,7 @@ async def test_aging_lets_an_old_task_through(pool: asyncpg.Pool) -> None:
     new = await task(pool, 3, priority=3)
     assert await queries.task_age(pool, 30, 5, NOON) == 2
     assert await queries.task_age(pool, 30, 5, NOON) == 0  # nothing more due at the same time
-    aging = dict(await pool.fetch("SELECT id, aging FROM tasks"))
+    aging = {row["id"]: row["aging"] for row in await pool.fetch("SELECT id, aging FROM tasks")}
     assert aging == {old: 4, waiting: 2, new: 0}
     order = [await queries.task_dispatch(pool, f"w{n}", 60, None, NOON) for n in range(3)]
     assert [t.id for t in order if t is not None] == [old, new, waiting]
@@ -167,19 +176,24 @@ async def test_a_station_with_a_van_is_not_handed_to_another(stations: asyncpg.P
     shares_drop_off_as_pickup = await task(stations, 2)
     elsewhere = await task(stations, 3)
     got = await queries.task_dispatch(stations, "van-1", 60, None, NOON)
-    assert got is not None and got.id == first
+    assert got is not None
+    assert got.id == first
     # Stations 1 and 2 are van-1's until it is done: the others wait, with or without a position.
     got = await queries.task_dispatch(stations, "van-2", 60, None, NOON)
-    assert got is not None and got.id == elsewhere
+    assert got is not None
+    assert got.id == elsewhere
     assert await queries.task_dispatch(stations, "van-3", 60, None, NOON) is None
     assert await near(stations, "van-3") is None
     change = await queries.task_complete(stations, first, "van-1", None, NOON)
-    assert change is not None and change.changed
+    assert change is not None
+    assert change.changed
     got = await near(stations, "van-3")
-    assert got is not None and got.id == shares_pickup
+    assert got is not None
+    assert got.id == shares_pickup
     # Its drop-off is not station 2: station 2's task can go now, to another van.
     got = await queries.task_dispatch(stations, "van-4", 60, None, NOON)
-    assert got is not None and got.id == shares_drop_off_as_pickup
+    assert got is not None
+    assert got.id == shares_drop_off_as_pickup
     claims = await stations.fetch("SELECT station_id, task_id FROM station_claims WHERE task_id IS NOT NULL")
     assert {r["station_id"]: r["task_id"] for r in claims}[1] == shares_pickup
 
@@ -189,7 +203,8 @@ async def test_every_way_out_of_assigned_frees_the_stations(stations: asyncpg.Po
     held = await task(stations, 1)
     waiting = await task(stations, 1)
     got = await queries.task_dispatch(stations, "van-1", 60, None, NOON)
-    assert got is not None and got.id == held
+    assert got is not None
+    assert got.id == held
     assert await queries.task_dispatch(stations, "van-2", 60, None, NOON) is None
     if leave == "release":
         await queries.task_release(stations, held, "van-1", None, "flat tyre", NOON)
@@ -200,7 +215,8 @@ async def test_every_way_out_of_assigned_frees_the_stations(stations: asyncpg.Po
     else:
         await queries.task_rescue_expired(stations, 5, 100, NOON + timedelta(minutes=5))
     got = await queries.task_dispatch(stations, "van-2", 60, None, NOON)
-    assert got is not None and got.id in {held, waiting}
+    assert got is not None
+    assert got.id in {held, waiting}
 
 
 async def test_vans_may_share_a_station_when_told(stations: asyncpg.Pool) -> None:
@@ -238,5 +254,6 @@ async def test_a_racing_dispatch_that_saw_the_station_free_fails_whole(stations:
             await racing
     assert queries.station_taken(raised.value)
     row = await stations.fetchrow("SELECT status, worker_id FROM tasks WHERE id = $1", second)
+    assert row is not None
     assert dict(row) == {"status": "ready", "worker_id": None}
     assert await stations.fetchval("SELECT count(*) FROM task_events WHERE event = 'assigned'") == 1

@@ -255,7 +255,8 @@ async def test_dispatch_near_reads_a_band_and_a_box_not_every_ready_task(
     if max_km is not None:
         assert "<@" in earth["Index Cond"], shown
     probe = by_index["tasks_ready_station_idx"]
-    assert "from_station_id" in probe["Index Cond"] and "aging" in probe["Index Cond"], shown
+    assert "from_station_id" in probe["Index Cond"], shown
+    assert "aging" in probe["Index Cond"], shown
     assert "tasks_ready_idx" in by_index, shown
     # Bounded: a handful of stations probed, not hundreds; one task taken.
     assert earth["Actual Rows"] * earth["Actual Loops"] < 50, shown
