@@ -24,9 +24,11 @@ SET status = 'assigned', worker_id = 'bench-' || id, assigned_at = now(), lease_
 WHERE id <= $1 AND status = 'ready';
 
 -- name: bench_backlog_insert :exec
--- Ready tasks $1..$2 in one statement, ids in dispatch order within each priority (0..2).
+-- Ready tasks $1..$2 in one statement, ids in dispatch order within each priority (0..2). Each task has
+-- stations of its own (2g - 1 to 2g): the benchmark never completes what it dispatches, and with one van per
+-- station shared stations would run out after a few hundred dispatches.
 INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority)
-SELECT g, 1 + g % 997, 1 + (g + 1) % 997, 1 + g % 5, 'benchmark backlog', g % 3
+SELECT g, 2 * g - 1, 2 * g, 1 + g % 5, 'benchmark backlog', g % 3
 FROM generate_series($1::bigint, $2::bigint) AS g;
 
 -- name: bench_database_create :exec

@@ -62,8 +62,9 @@ async def dispatch_next(request: Request) -> Response:
         return _json({"detail": str(exc)}, 400)
     pool: asyncpg.Pool = request.state.pool
     # $3, the Idempotency-Key, and $4, the clock: NULL, as the service passes them for a plain request; $5,
-    # the actor recorded with the assignment (the service's is the caller's key id).
-    row = await pool.fetchrow(DISPATCH, body.worker_id, body.lease_seconds, None, None, "minimal-app")
+    # the actor recorded with the assignment (the service's is the caller's key id); $6, one van per station,
+    # on as the service's default.
+    row = await pool.fetchrow(DISPATCH, body.worker_id, body.lease_seconds, None, None, "minimal-app", True)
     if row is None:
         return _json({"detail": "No available tasks with status 'ready'"}, 404)
     return _json(dict(row))

@@ -14,8 +14,8 @@ from .stats import Latency, latency
 
 # The statement's parameters as pgbench variables. The service passes NULL for the Idempotency-Key ($3) of a
 # request without one, which is what the benchmark's requests are, and for the clock ($4); $5 is the actor
-# recorded with the event (a key id).
-PARAMETERS = {"$1": ":worker", "$2": ":lease", "$3": "NULL", "$4": "NULL", "$5": "'bench'"}
+# recorded with the event (a key id); $6 ONE_VAN_PER_STATION, on as by default.
+PARAMETERS = {"$1": ":worker", "$2": ":lease", "$3": "NULL", "$4": "NULL", "$5": "'bench'", "$6": "true"}
 PRELUDE = "\\set worker random(1, 1000000000)\n\\set lease 1800\n"
 
 

@@ -135,6 +135,13 @@ async def _cancel(admin: httpx.AsyncClient, caller: Caller) -> Request:
     return "POST", f"/task/{task['id']}/cancel", None
 
 
+async def _registered(admin: httpx.AsyncClient, suffix: str) -> Request:
+    """W, registered: a worker's key reads its own."""
+    body = {"name": "Van one", "capacity": 12, "on_shift": True}
+    assert (await admin.put(f"/workers/{W}", json=body)).status_code in (200, 201)
+    return "GET", f"/workers/{W}{suffix}", None
+
+
 async def _revoke(admin: httpx.AsyncClient, caller: Caller) -> Request:
     return "DELETE", f"/keys/{(await create_key(admin, 'viewer'))['key_id']}", None
 
@@ -178,6 +185,10 @@ EXAMPLES: dict[str, Example] = {
     "list_stations": _const(("GET", "/stations", None)),
     "get_station": lambda admin, caller: _station(""),
     "station_history": lambda admin, caller: _station("/history"),
+    "put_worker": _const(("PUT", f"/workers/{W}", {"name": "Van one", "capacity": 12, "on_shift": True})),
+    "list_workers": _const(("GET", "/workers", None)),
+    "get_worker": lambda admin, caller: _registered(admin, ""),
+    "worker_stats": lambda admin, caller: _registered(admin, "/stats"),
 }
 
 # The test's database, for the one thing the API cannot make: a station (the GBFS import makes them).

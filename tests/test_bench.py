@@ -169,6 +169,7 @@ def test_the_pgbench_script_is_the_dispatch_statement() -> None:
         .replace("NULL::text", "$3::text")
         .replace("NULL::timestamptz", "$4::timestamptz")
         .replace("'bench'::text", "$5::text")
+        .replace("true::boolean", "$6::boolean")
     )
     assert restored.strip() == statement.strip()
 

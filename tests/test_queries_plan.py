@@ -54,15 +54,23 @@ async def history(pool: asyncpg.Pool) -> asyncpg.Pool:
 CLOCKS = [None, datetime(2030, 1, 1, tzinfo=UTC)]
 
 
-# The parameters before the clock, and after it (the actor).
+# The parameters before the clock, and after it (the actor, one van per station).
 @pytest.mark.parametrize(
     ("query", "args", "after"),
     [
-        ("task_dispatch", ("new-worker", 60, None), ("k1",)),
-        ("task_dispatch", ("new-worker", 60, "idempotency-key"), ("k1",)),
-        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"],)),
+        ("task_dispatch", ("new-worker", 60, None), ("k1", True)),
+        ("task_dispatch", ("new-worker", 60, "idempotency-key"), ("k1", True)),
+        ("task_dispatch", ("new-worker", 60, None), ("k1", False)),
+        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"], True)),
+        ("task_dispatch_many", (["a", "b", "c"], [60, 60, 60]), (["k1", "k2", "k3"], False)),
     ],
-    ids=["single", "with idempotency key", "coalesced"],
+    ids=[
+        "single",
+        "with idempotency key",
+        "single, vans may share",
+        "coalesced",
+        "coalesced, vans may share",
+    ],
 )
 @pytest.mark.parametrize("clock", CLOCKS, ids=["database clock", "clock passed in"])
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
@@ -87,7 +95,7 @@ async def test_dispatch_uses_the_ready_index(
 
 async def test_dispatch_takes_the_best_ready_task_among_the_history(history: asyncpg.Pool) -> None:
     """The plan is not only cheap but right: of thousands of tasks, the highest-priority ready one."""
-    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None, "k1")
+    row = await history.fetchrow(sql.text("task_dispatch"), "new-worker", 60, None, None, "k1", True)
     assert row is not None
     assert (row["status"], row["priority"], row["worker_id"]) == ("assigned", 2, "new-worker")
     # Ids follow g: the first ready task with g % 3 == 2.
@@ -162,3 +170,94 @@ async def test_lease_rescue_reads_the_lease_index(morning_burst: asyncpg.Pool, g
     plan = json.loads(explained)[0]["Plan"]
     names = {node.get("Index Name") for node in nodes(plan) if node.get("Relation Name") == "tasks"}
     assert "tasks_lease_idx" in names, json.dumps(plan, indent=1)
+
+
+STATIONS = 500
+SPREAD = 100_000
+
+
+def shown_sort(node: dict[str, Any]) -> str:
+    """What a sort node sorts: its input's node types."""
+    return " ".join(child["Node Type"] for child in nodes(node))
+
+
+@pytest.fixture
+async def bay_area(pool: asyncpg.Pool) -> asyncpg.Pool:
+    """100,000 ready tasks (priorities 0..2, some aged) over 500 stations in the Bay Area's bounding box, a
+    few stations held by vans; statistics up to date."""
+    await pool.execute("SELECT setseed(0.13)")
+    await pool.execute(
+        "INSERT INTO stations (id, gbfs_station_id, name, lat, lon) "
+        "SELECT g, 'gbfs-' || g, 'station ' || g, 37.2 + random() * 0.7, -122.55 + random() * 0.85 "
+        "FROM generate_series(1, $1::integer) g",
+        STATIONS,
+    )
+    await pool.execute(
+        "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority, aging, "
+        "    created_at) "
+        "SELECT g, 1 + g % $2, 1 + (g % $2 + 1 + g % ($2 - 2)) % $2, 1 + g % 8, 'todo', g % 3, g % 7 / 5, "
+        "       now() - make_interval(secs => $1 - g) "
+        "FROM generate_series(1, $1::integer) g",
+        SPREAD,
+        STATIONS,
+    )
+    await pool.execute(
+        "INSERT INTO station_claims (station_id, task_id, worker_id) SELECT g, g, 'w' || g "
+        "FROM generate_series(1, 20) g"
+    )
+    await pool.execute("ANALYZE")
+    return pool
+
+
+@pytest.mark.parametrize("max_km", [None, 5.0], ids=["no reach", "within 5 km"])
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_dispatch_near_reads_a_band_and_a_box_not_every_ready_task(
+    bay_area: asyncpg.Pool, max_km: float | None, plan_cache_mode: str
+) -> None:
+    """The van's task comes from the band's descent of tasks_ready_idx, stations nearest first from
+    stations_earth_idx (bounded by the box of the reach when there is one) and, per station, the band's
+    head in tasks_ready_station_idx: no sort, no scan of the ready tasks. EXPLAIN ANALYZE: the plan that
+    ran, rolled back."""
+    args = ("van", 60, None, None, "k1", 37.7840, -122.4075, 10.0, 2, max_km, True)
+    await bay_area.execute(
+        "INSERT INTO workers (worker_id, capacity, registered_at) VALUES ('van', 8, now())"
+    )
+    async with bay_area.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+        explained = await conn.fetchval(
+            f"EXPLAIN (ANALYZE, FORMAT JSON) {sql.text('task_dispatch_near')}", *args
+        )
+        taken = await conn.fetchval("SELECT count(*) FROM tasks WHERE status = 'assigned'")
+        await transaction.rollback()
+    plan = json.loads(explained)[0]["Plan"]
+    shown = json.dumps(plan, indent=1)
+    every = list(nodes(plan))
+    # No sort at all (the claims' two rows are put in station order: a Values Scan's), no scan of the tasks
+    # but through an index; of stations, only the check that the registry is not empty reads a row.
+    assert not [node for node in every if "Sort" in node["Node Type"] and "Values" not in shown_sort(node)], (
+        shown
+    )
+    assert not [
+        node for node in every if node.get("Relation Name") == "tasks" and node["Node Type"] == "Seq Scan"
+    ]
+    assert all(
+        node["Actual Rows"] <= 1
+        for node in every
+        if node.get("Relation Name") == "stations" and node["Node Type"] == "Seq Scan"
+    ), shown
+    by_index = {
+        node.get("Index Name"): node for node in every if node.get("Relation Name") in ("tasks", "stations")
+    }
+    earth = by_index["stations_earth_idx"]
+    assert "<->" in earth["Order By"], shown
+    if max_km is not None:
+        assert "<@" in earth["Index Cond"], shown
+    probe = by_index["tasks_ready_station_idx"]
+    assert "from_station_id" in probe["Index Cond"], shown
+    assert "aging" in probe["Index Cond"], shown
+    assert "tasks_ready_idx" in by_index, shown
+    # Bounded: a handful of stations probed, not hundreds; one task taken.
+    assert earth["Actual Rows"] * earth["Actual Loops"] < 50, shown
+    assert taken == 1

@@ -15,6 +15,37 @@
 -- A task's ending (completed, failed, canceled) is also its suggestion's outcome (GET /suggestions/outcomes):
 -- the trigger task_events_record_outcome (009_console) writes it from the event.
 
+-- name: task_age :one
+-- Priority aging, run by the maintenance loop: a ready task's aging is one more per $1 minutes it has been
+-- ready (since approval, or its not_before), at most $2; up to $4 tasks per pass, $3 the clock. Per step k
+-- the tasks still at k and due for k + 1 come from tasks_aging_idx, longest-waiting first. Rows a dispatch is
+-- taking are skipped (the next pass sees them, if they are still ready). Returns how many were raised.
+WITH due AS (
+    SELECT t.id
+    FROM generate_series(0, $2::integer - 1) AS k
+    CROSS JOIN LATERAL (
+        SELECT id
+        FROM tasks
+        WHERE status = 'ready' AND aging = k
+          AND greatest(created_at, not_before)
+              <= coalesce($3::timestamptz, now()) - make_interval(secs => (k + 1) * $1::float8 * 60)
+        ORDER BY greatest(created_at, not_before)
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+    ) t
+    LIMIT $4
+),
+raised AS (
+    UPDATE tasks t
+    SET aging = least($2::integer, floor(
+        extract(epoch FROM coalesce($3::timestamptz, now()) - greatest(t.created_at, t.not_before))
+        / ($1::float8 * 60)))::integer
+    FROM due
+    WHERE t.id = due.id
+    RETURNING 1
+)
+SELECT count(*) AS raised FROM raised;
+
 -- name: task_approve_many :many
 -- Turn pending suggestions into ready tasks and delete the suggestions, recording each as approved, in one
 -- statement. Returns only the tasks this call created: ids approved earlier (or by a racing call, whose DELETE
@@ -100,33 +131,60 @@ UNION ALL
 SELECT false, * FROM unchanged;
 
 -- name: task_dispatch :one
--- Assign the best available ready task to worker $1 for $2 seconds: highest priority, then oldest, then
--- lowest id. The inner SELECT walks tasks_ready_idx; SKIP LOCKED lets concurrent dispatchers each take a
--- different row instead of queueing behind the first, and the row lock lasts only this statement.
--- With an idempotency key $3, a task this worker already holds under that key is returned instead. $4 is
--- the clock (available_at stays a filter on the index scan, whichever clock), $5 the actor.
+-- Assign the best available ready task to worker $1 for $2 seconds: highest effective priority (priority +
+-- aging), then oldest, then lowest id. The scan walks tasks_ready_idx; SKIP LOCKED lets concurrent
+-- dispatchers each take a different row instead of queueing behind the first, and the row lock lasts only
+-- this statement. With an idempotency key $3, a task this worker already holds under that key is returned
+-- instead. $4 is the clock (available_at stays a filter on the index scan, whichever clock), $5 the actor. A
+-- worker registered as off shift gets nothing.
+--
+-- With $6 (ONE_VAN_PER_STATION), a task whose pickup or drop-off station is held by an assigned task is
+-- passed over, and the chosen task's stations are claimed in this statement, in station order (so that two
+-- claiming statements never wait for each other in a cycle). Of two dispatches in flight that chose tasks at
+-- one station, the second waits at the claim for the first to commit and then fails there
+-- (station_claim_refused: nothing of it stays) and is run again, in a snapshot that shows the claim. The
+-- filter here has no side effect (no advisory lock), so that a plan that reads more rows than the head (on
+-- statistics that say few tasks are ready) is slower, never harmful.
 WITH held AS (
     SELECT *
     FROM tasks
     WHERE $3::text IS NOT NULL AND worker_id = $1 AND dispatch_key = $3::text AND status = 'assigned'
 ),
+chosen AS (
+    SELECT id, from_station_id, to_station_id
+    FROM tasks
+    WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
+      AND (NOT $6::boolean OR NOT EXISTS (
+          SELECT FROM station_claims c
+          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
+      ))
+      AND NOT EXISTS (SELECT 1 FROM held)
+      AND NOT EXISTS (SELECT FROM workers WHERE worker_id = $1 AND NOT on_shift)
+    ORDER BY priority::bigint + aging DESC, created_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    INSERT INTO station_claims (station_id, task_id, worker_id)
+    SELECT s.station, c.id, $1 FROM chosen c
+    CROSS JOIN LATERAL (VALUES (c.from_station_id), (c.to_station_id)) s (station)
+    WHERE $6::boolean
+    ORDER BY s.station
+    ON CONFLICT (station_id) DO UPDATE
+    SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
+                       ELSE station_claim_refused(excluded.station_id) END,
+        worker_id = excluded.worker_id
+),
 assigned AS (
-    UPDATE tasks
+    UPDATE tasks t
     SET status = 'assigned', worker_id = $1, assigned_at = coalesce($4::timestamptz, now()),
         lease_id = gen_random_uuid(), lease_seconds = $2::integer,
         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
         dispatch_key = $3::text,
         picked_up_at = NULL
-    WHERE id = (
-        SELECT id
-        FROM tasks
-        WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
-        ORDER BY priority DESC, created_at, id
-        LIMIT 1
-        FOR UPDATE SKIP LOCKED
-    )
-    AND NOT EXISTS (SELECT 1 FROM held)
-    RETURNING *
+    FROM chosen c
+    WHERE t.id = c.id
+    RETURNING t.*
 ),
 logged AS (
     INSERT INTO task_events (task_id, event, worker_id, at, actor)
@@ -146,24 +204,56 @@ SELECT pg_advisory_xact_lock(hashtext('baywheels.dispatch_key'), hashtext($1::te
 -- Coalesced dispatch: pair up to n locked ready tasks, in dispatch order, with n waiting workers in arrival
 -- order ($1 worker ids, $2 lease seconds, $4 actors; $3 the clock), so one commit serves many workers.
 -- Returns each assigned task with the 1-based position (ord) of the worker it went to; workers past the last
--- task get nothing.
+-- task get nothing, and so do workers registered as off shift. $5: one van per station, as in task_dispatch.
 WITH waiting AS (
-    SELECT *
+    SELECT w.*, row_number() OVER (ORDER BY w.ord) AS n
     FROM unnest($1::text[], $2::integer[], $4::text[]) WITH ORDINALITY AS w (worker_id, lease_seconds, actor, ord)
+    WHERE NOT EXISTS (SELECT FROM workers k WHERE k.worker_id = w.worker_id AND NOT k.on_shift)
 ),
 locked AS (
-    SELECT id, priority, created_at
+    SELECT id, priority::bigint + aging AS effective, created_at, from_station_id, to_station_id
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($3::timestamptz, now())
-    ORDER BY priority DESC, created_at, id
-    LIMIT cardinality($1::text[])
+      AND (NOT $5::boolean OR NOT EXISTS (
+          SELECT FROM station_claims c
+          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
+      ))
+    ORDER BY priority::bigint + aging DESC, created_at, id
+    LIMIT (SELECT count(*) FROM waiting)
     FOR UPDATE SKIP LOCKED
 ),
 -- FOR UPDATE cannot share a query level with a window function, hence the separate numbering step.
+ranked AS (
+    SELECT id, from_station_id, to_station_id, row_number() OVER (ORDER BY effective DESC, created_at, id) AS n
+    FROM locked
+),
+-- One van per station within the batch too (this transaction's own advisory locks do not stop it): a task
+-- sharing a station with an earlier one of the batch stays ready for the next statement.
+kept AS (
+    SELECT r.id, r.from_station_id, r.to_station_id, row_number() OVER (ORDER BY r.n) AS n
+    FROM ranked r
+    WHERE NOT $5::boolean OR NOT EXISTS (
+        SELECT FROM ranked e
+        WHERE e.n < r.n
+          AND (e.from_station_id IN (r.from_station_id, r.to_station_id)
+               OR e.to_station_id IN (r.from_station_id, r.to_station_id))
+    )
+),
 paired AS (
-    SELECT l.id, w.worker_id, w.lease_seconds, w.actor, w.ord
-    FROM (SELECT id, row_number() OVER (ORDER BY priority DESC, created_at, id) AS n FROM locked) l
-    JOIN waiting w ON w.ord = l.n
+    SELECT k.id, k.from_station_id, k.to_station_id, w.worker_id, w.lease_seconds, w.actor, w.ord
+    FROM kept k
+    JOIN waiting w ON w.n = k.n
+),
+claimed AS (
+    INSERT INTO station_claims (station_id, task_id, worker_id)
+    SELECT s.station, p.id, p.worker_id FROM paired p
+    CROSS JOIN LATERAL (VALUES (p.from_station_id), (p.to_station_id)) s (station)
+    WHERE $5::boolean
+    ORDER BY s.station
+    ON CONFLICT (station_id) DO UPDATE
+    SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
+                       ELSE station_claim_refused(excluded.station_id) END,
+        worker_id = excluded.worker_id
 ),
 assigned AS (
     UPDATE tasks t
@@ -179,6 +269,141 @@ logged AS (
     INSERT INTO task_events (task_id, event, worker_id, at, actor)
     SELECT id, 'assigned', worker_id, assigned_at, actor FROM assigned
 )
+SELECT * FROM assigned;
+
+-- name: task_dispatch_near :one
+-- Dispatch for a van that says where it is ($6 lat, $7 lon; $8 accuracy_m and $9 load are kept with them on
+-- its workers row, in this statement). The task: only what the van can carry (qty <= capacity - load, when
+-- its capacity is registered; load $9, else 0); the highest effective priority first (a band); within the
+-- band the nearest pickup station (great-circle; within $10 km when set), then the oldest. $1..$5 as in
+-- task_dispatch, $11 one van per station (as there).
+--
+-- bands walks the distinct effective priorities downwards, one descent of tasks_ready_idx each, only as far as
+-- needed; for a band, stations come nearest first from stations_earth_idx (the KNN order of <->: the chord
+-- through the earth, which orders as the great circle does), bounded by the box of $10 km, and each is probed
+-- in tasks_ready_station_idx for the band's oldest task: the first found is the answer, and only it is
+-- locked. Tasks whose pickup station is not in the registry go to dispatches without a position, except
+-- while the registry is empty: then this is task_dispatch's order.
+--
+-- One van per station ($11) as in task_dispatch, and more: vans near each other look at the same stations, so
+-- a probe also takes the transaction-level advisory lock of both stations of a task (the try fails without
+-- waiting): a station another dispatch is choosing right now is passed over for the next nearest, instead
+-- of waiting at the claim and running again. Safe here because the probe reads only one station's band, in
+-- index order.
+WITH RECURSIVE held AS (
+    SELECT *
+    FROM tasks
+    WHERE $3::text IS NOT NULL AND worker_id = $1 AND dispatch_key = $3::text AND status = 'assigned'
+),
+van AS (
+    SELECT (SELECT on_shift FROM workers WHERE worker_id = $1) IS NOT FALSE AS on_shift,
+           (SELECT capacity FROM workers WHERE worker_id = $1) - coalesce($9::integer, 0) AS room
+),
+bands (effective) AS (
+    (SELECT priority::bigint + aging FROM tasks WHERE status = 'ready' ORDER BY priority::bigint + aging DESC
+     LIMIT 1)
+    UNION ALL
+    SELECT (SELECT priority::bigint + aging FROM tasks
+            WHERE status = 'ready' AND priority::bigint + aging < b.effective
+            ORDER BY priority::bigint + aging DESC LIMIT 1)
+    FROM bands b
+    WHERE b.effective IS NOT NULL
+),
+-- The van's position and reach appear as expressions of the parameters (not columns of a CTE), so that the
+-- KNN order and the box are conditions of the index scan on stations.
+nearest AS (
+    SELECT found.id, found.from_station_id, found.to_station_id
+    FROM bands b
+    CROSS JOIN LATERAL (
+        SELECT t.*
+        FROM stations s
+        CROSS JOIN LATERAL (
+            SELECT t.id, t.from_station_id, t.to_station_id
+            FROM tasks t
+            WHERE t.status = 'ready' AND t.from_station_id = s.id AND t.priority::bigint + t.aging = b.effective
+              AND t.available_at <= coalesce($4::timestamptz, now())
+              AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
+              AND CASE WHEN $11::boolean THEN
+                  NOT EXISTS (
+                      SELECT FROM station_claims c WHERE c.station_id = t.to_station_id AND c.task_id IS NOT NULL
+                  )
+                  AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
+                  AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
+              ELSE true END
+            ORDER BY t.created_at, t.id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        ) t
+        WHERE ($10::float8 IS NULL
+               OR (earth_box(ll_to_earth($6::float8, $7::float8), $10::float8 * 1000) @> ll_to_earth(s.lat, s.lon)
+                   AND earth_distance(ll_to_earth($6::float8, $7::float8), ll_to_earth(s.lat, s.lon))
+                       <= $10::float8 * 1000))
+          AND (NOT $11::boolean OR NOT EXISTS (
+              SELECT FROM station_claims c WHERE c.station_id = s.id AND c.task_id IS NOT NULL
+          ))
+        ORDER BY ll_to_earth(s.lat, s.lon) <-> ll_to_earth($6::float8, $7::float8)
+        LIMIT 1
+    ) found
+    WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van) AND NOT EXISTS (SELECT 1 FROM held)
+    LIMIT 1
+),
+-- No registry yet: a position means nothing to go by.
+unplaced AS (
+    SELECT id, from_station_id, to_station_id
+    FROM tasks
+    WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
+      AND NOT EXISTS (SELECT FROM stations)
+      AND (NOT $11::boolean OR NOT EXISTS (
+          SELECT FROM station_claims c
+          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
+      ))
+      AND NOT EXISTS (SELECT 1 FROM held)
+      AND (SELECT on_shift FROM van)
+      AND ((SELECT room FROM van) IS NULL OR qty <= (SELECT room FROM van))
+    ORDER BY priority::bigint + aging DESC, created_at, id
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+),
+chosen AS (
+    SELECT * FROM nearest
+    UNION ALL
+    SELECT * FROM unplaced
+),
+claimed AS (
+    INSERT INTO station_claims (station_id, task_id, worker_id)
+    SELECT s.station, c.id, $1 FROM chosen c
+    CROSS JOIN LATERAL (VALUES (c.from_station_id), (c.to_station_id)) s (station)
+    WHERE $11::boolean
+    ORDER BY s.station
+    ON CONFLICT (station_id) DO UPDATE
+    SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
+                       ELSE station_claim_refused(excluded.station_id) END,
+        worker_id = excluded.worker_id
+),
+located AS (
+    INSERT INTO workers (worker_id, lat, lon, accuracy_m, load, position_at)
+    VALUES ($1, $6::float8, $7::float8, $8::float8, $9::integer, coalesce($4::timestamptz, now()))
+    ON CONFLICT (worker_id) DO UPDATE
+    SET lat = excluded.lat, lon = excluded.lon, accuracy_m = excluded.accuracy_m,
+        load = coalesce(excluded.load, workers.load), position_at = excluded.position_at
+),
+assigned AS (
+    UPDATE tasks t
+    SET status = 'assigned', worker_id = $1, assigned_at = coalesce($4::timestamptz, now()),
+        lease_id = gen_random_uuid(), lease_seconds = $2::integer,
+        lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
+        dispatch_key = $3::text,
+        picked_up_at = NULL
+    FROM chosen c
+    WHERE t.id = c.id
+    RETURNING t.*
+),
+logged AS (
+    INSERT INTO task_events (task_id, event, worker_id, at, actor)
+    SELECT id, 'assigned', worker_id, assigned_at, $5::text FROM assigned
+)
+SELECT * FROM held
+UNION ALL
 SELECT * FROM assigned;
 
 -- name: task_event_list :many

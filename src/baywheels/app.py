@@ -93,7 +93,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origin_list,
-                allow_methods=["GET", "POST", "DELETE"],
+                allow_methods=["GET", "POST", "PUT", "DELETE"],
                 allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
                 expose_headers=[
                     "X-Request-ID",

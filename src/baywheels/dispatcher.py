@@ -9,25 +9,38 @@ statement slot is free, runs that statement in its own task, with no waiter at a
 ``wait_seconds`` that finds nothing sleeps (no query) until a notification says a task became ready, from
 this instance or any other; then the oldest sleepers are tried first, one batch at a time, and only while
 batches keep filling up, so one new task costs one statement, not one per sleeper.
+
+A request with a position (a van saying where it is) runs its own ``task_dispatch_near`` statement: the best
+task differs per van, and two vans' choices cannot share one statement's locks (SKIP LOCKED does not skip the
+rows its own statement locked). With one van per station, a statement that lost a race for a station's claim
+(``queries.station_taken``) is run again, and the workers of a batch that left some without a task while
+others got one (tasks of the batch sharing a station) look again at once rather than sleep.
 """
 
 import asyncio
 import contextvars
 import itertools
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
 
 from . import queries
 from .metrics import WAITERS
-from .models import Task
+from .models import Position, Task
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Runs of a statement that lost a station's claim to a racing dispatch. Each run takes a fresh snapshot, in
+# which that station is held, so a second run almost always succeeds; after these many, the waiters get
+# nothing this time (as when no task is ready), never an error.
+CLAIM_ATTEMPTS = 8
 
 
 @dataclass(eq=False)
@@ -39,6 +52,7 @@ class Waiter:
     seq: int
     future: asyncio.Future[Task | None] = field(repr=False)
     actor: str | None = None
+    near: Position | None = None
     abandoned: bool = False
 
 
@@ -94,9 +108,10 @@ class Dispatcher:
         wait_seconds: float,
         key: str | None,
         actor: str | None = None,
+        near: Position | None = None,
     ) -> Task | None:
         """The task assigned to this worker, or None when none was ready within ``wait_seconds``. ``actor``
-        is recorded with the assignment."""
+        is recorded with the assignment; ``near``, the van's position, makes it the best task for the van."""
         if (
             wait_seconds <= 0
             and key is None
@@ -104,7 +119,7 @@ class Dispatcher:
             and self._inflight < self._settings.dispatch_concurrency
             and not self._closing
         ):
-            return await self._dispatch_inline(worker_id, lease_seconds, actor)
+            return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
             worker_id,
@@ -114,6 +129,7 @@ class Dispatcher:
             next(self._seq),
             loop.create_future(),
             actor,
+            near,
         )
         self._queue.append(waiter)
         self._pump()
@@ -174,18 +190,22 @@ class Dispatcher:
     def _pump(self) -> None:
         while self._queue and self._inflight < self._settings.dispatch_concurrency and not self._closing:
             batch = [self._queue.popleft()]
-            # A keyed request runs alone: task_dispatch honours its Idempotency-Key.
-            if batch[0].key is None:
+            # A keyed request runs alone: task_dispatch honours its Idempotency-Key. So does a van with a
+            # position: its best task is its own.
+            if batch[0].key is None and batch[0].near is None:
                 while (
                     self._queue
                     and len(batch) < self._settings.dispatch_batch_max
                     and self._queue[0].key is None
+                    and self._queue[0].near is None
                 ):
                     batch.append(self._queue.popleft())
             self._inflight += 1
             self._spawn(self._run(batch))
 
-    async def _dispatch_inline(self, worker_id: str, lease_seconds: int, actor: str | None) -> Task | None:
+    async def _dispatch_inline(
+        self, worker_id: str, lease_seconds: int, actor: str | None, near: Position | None
+    ) -> Task | None:
         """A statement slot is free and nobody queues for one, so there is nothing to coalesce with: the
         request's own task runs the single-row statement, as _run would, without a waiter, a future and a
         task of its own (at low concurrency, where a real fleet lives, those cost more than they save).
@@ -193,7 +213,9 @@ class Dispatcher:
         statement cancelled under it could leave its task assigned to nobody until the lease ran out."""
         self._inflight += 1
         try:
-            task = await queries.task_dispatch(self._pool, worker_id, lease_seconds, None, actor=actor)
+            task = await self._claiming(
+                lambda: self._one(self._pool, worker_id, lease_seconds, None, actor, near)
+            )
         except BaseException:
             self._inflight -= 1
             # As in _run: a task it had locked is free again, unannounced, and whoever queued behind it
@@ -232,6 +254,8 @@ class Dispatcher:
         self._inflight -= 1
         now = asyncio.get_running_loop().time()
         again: list[Waiter] = []
+        # Tasks of a batch that share a station go one per statement: those left out are still ready.
+        split = 0 < len(results) < len(batch) and self._settings.one_van_per_station
         for index, waiter in enumerate(batch):
             task = results.get(index)
             if waiter.abandoned or waiter.future.done():
@@ -239,6 +263,8 @@ class Dispatcher:
                     self._spawn(self._give_back(task, waiter.actor))
             elif task is not None:
                 waiter.future.set_result(task)
+            elif split and not self._draining:
+                again.append(waiter)
             elif waiter.deadline <= now or self._draining:
                 waiter.future.set_result(None)
             elif self._notifications != seen:
@@ -254,25 +280,70 @@ class Dispatcher:
 
     async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
         if len(batch) > 1:
-            return await queries.task_dispatch_many(
-                self._pool,
-                [w.worker_id for w in batch],
-                [w.lease_seconds for w in batch],
-                actors=[w.actor for w in batch],
+            many = await self._claiming(
+                lambda: queries.task_dispatch_many(
+                    self._pool,
+                    [w.worker_id for w in batch],
+                    [w.lease_seconds for w in batch],
+                    actors=[w.actor for w in batch],
+                    one_van=self._settings.one_van_per_station,
+                )
             )
+            return many or {}
         waiter = batch[0]
         if waiter.key is None:
-            task = await queries.task_dispatch(
-                self._pool, waiter.worker_id, waiter.lease_seconds, None, actor=waiter.actor
+            task = await self._claiming(
+                lambda: self._one(
+                    self._pool, waiter.worker_id, waiter.lease_seconds, None, waiter.actor, waiter.near
+                )
             )
         else:
-            # A racing retry with the same Idempotency-Key waits for this one, then gets the same task.
-            async with self._pool.acquire() as conn, conn.transaction():
-                await queries.task_dispatch_key_lock(conn, waiter.worker_id, waiter.key)
-                task = await queries.task_dispatch(
-                    conn, waiter.worker_id, waiter.lease_seconds, waiter.key, actor=waiter.actor
-                )
+            task = await self._claiming(lambda: self._keyed(waiter, waiter.key or ""))
         return {} if task is None else {0: task}
+
+    async def _keyed(self, waiter: Waiter, key: str) -> Task | None:
+        # A racing retry with the same Idempotency-Key waits for this one, then gets the same task.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await queries.task_dispatch_key_lock(conn, waiter.worker_id, key)
+            return await self._one(
+                conn, waiter.worker_id, waiter.lease_seconds, key, waiter.actor, waiter.near
+            )
+
+    def _one(
+        self,
+        conn: queries.Conn,
+        worker_id: str,
+        lease_seconds: int,
+        key: str | None,
+        actor: str | None,
+        near: Position | None,
+    ) -> Awaitable[Task | None]:
+        """The one-worker statement: by position when the van gave one, else in dispatch order."""
+        one_van = self._settings.one_van_per_station
+        if near is None:
+            return queries.task_dispatch(conn, worker_id, lease_seconds, key, actor=actor, one_van=one_van)
+        return queries.task_dispatch_near(
+            conn,
+            worker_id,
+            lease_seconds,
+            key,
+            near,
+            actor=actor,
+            max_km=self._settings.dispatch_max_km,
+            one_van=one_van,
+        )
+
+    @staticmethod
+    async def _claiming(statement: Callable[[], Awaitable[T]]) -> T | None:
+        """Run a dispatch statement again while it loses a station's claim to a racing dispatch."""
+        for _ in range(CLAIM_ATTEMPTS):
+            try:
+                return await statement()
+            except asyncpg.UniqueViolationError as exc:
+                if not queries.station_taken(exc):
+                    raise
+        log.warning("dispatch_claim_attempts_exhausted", attempts=CLAIM_ATTEMPTS)
+        return None
 
     async def _give_back(self, task: Task, actor: str | None) -> None:
         """The waiter left while its statement ran: hand the task straight back (in its caller's name)."""

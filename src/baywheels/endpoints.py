@@ -158,6 +158,9 @@ class Endpoints:
     def delete(self, path: str, summary: str, response: Any, **options: Unpack[Options]) -> Callable[[H], H]:
         return self._declare("DELETE", path, summary, response, options)
 
+    def put(self, path: str, summary: str, response: Any, **options: Unpack[Options]) -> Callable[[H], H]:
+        return self._declare("PUT", path, summary, response, options)
+
     def _declare(
         self, method: str, path: str, summary: str, response: Any, options: Options
     ) -> Callable[[H], H]:

@@ -2,7 +2,7 @@
 ``internal/maintenance`` does. Every instance runs the loop, but only the holder of one PostgreSQL advisory
 lock (on its own connection) runs the jobs; the others poll the lock and take over when its connection goes
 away. Each job is a small object with an interval and one query: lease rescue, due-task announcements,
-suggestion expiry and the station feed's refresh (GBFS_URL) today; retention later.
+suggestion expiry, the station feed's refresh (GBFS_URL) and priority aging today; retention later.
 
 After an outage (the leader lost the database and got it back) the jobs hear how long it lasted: lease
 rescue then spares, for a grace as long as the outage (capped at LEASE_GRACE_MAX_SECONDS), the leases that
@@ -195,12 +195,31 @@ class FeedRefresh(Job):
             self._reading = None
 
 
+class PriorityAging(Job):
+    """Raises the effective priority of tasks that have waited (PRIORITY_AGING_MINUTES per step, at most
+    PRIORITY_AGING_MAX). Stored on the task, so dispatch keeps reading one index in order."""
+
+    name = "priority_aging"
+    batch = 1000
+
+    def __init__(self, settings: Settings) -> None:
+        self.interval = settings.reaper_interval_seconds
+        self._minutes = settings.priority_aging_minutes
+        self._most = settings.priority_aging_max
+
+    async def run(self, conn: queries.Conn) -> bool:
+        raised = await queries.task_age(conn, self._minutes, self._most, limit=self.batch)
+        return raised == self.batch
+
+
 def default_jobs(settings: Settings) -> list[Job]:
     jobs: list[Job] = [LeaseRescue(settings), DueAnnouncer(settings)]
     if settings.suggestion_ttl is not None:
         jobs.append(SuggestionExpiry(settings, settings.suggestion_ttl))
     if settings.gbfs_url is not None:
         jobs.append(FeedRefresh(settings))
+    if settings.priority_aging_minutes > 0 and settings.priority_aging_max > 0:
+        jobs.append(PriorityAging(settings))
     return jobs
 
 

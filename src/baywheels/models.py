@@ -163,22 +163,59 @@ HolderId = Annotated[
 ]
 
 
-class DispatchRequest(Model, frozen=True, kw_only=True):
-    """A worker asking for its next task; with `wait_seconds`, the request waits that long for one."""
+Latitude = Annotated[float, Meta(ge=-90, le=90, description="The van's latitude, degrees (WGS 84).")]
+Longitude = Annotated[float, Meta(ge=-180, le=180, description="The van's longitude, degrees (WGS 84).")]
+AccuracyM = Annotated[float, Meta(ge=0, le=1_000_000, description="How far off the position may be, metres.")]
+Load = Annotated[int, Meta(ge=0, le=INT32_MAX, description="Bikes on the van now.")]
+
+
+class Position(msgspec.Struct, frozen=True, kw_only=True):
+    """Where a van is, as its phone reported it: kept on the worker with the time it came."""
+
+    lat: float
+    lon: float
+    accuracy_m: float | None = None
+    load: int | None = None
+
+
+class Located(Model, frozen=True, kw_only=True):
+    """A van's optional report: `lat` and `lon` together; `accuracy_m` and `load` only with them."""
+
+    lat: Latitude | None = None
+    lon: Longitude | None = None
+    accuracy_m: AccuracyM | None = None
+    load: Load | None = None
+
+    def __post_init__(self) -> None:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon go together")
+        if self.lat is None and (self.accuracy_m is not None or self.load is not None):
+            raise ValueError("accuracy_m and load come with a position (lat, lon)")
+
+    def position(self) -> Position | None:
+        if self.lat is None or self.lon is None:
+            return None
+        return Position(lat=self.lat, lon=self.lon, accuracy_m=self.accuracy_m, load=self.load)
+
+
+class DispatchRequest(Located, frozen=True, kw_only=True):
+    """A worker asking for its next task; with `wait_seconds`, the request waits that long for one. With a
+    position (`lat`, `lon`), the task is the best one for that van: what it can carry, the highest priority
+    band, then the nearest pickup station, then the oldest."""
 
     worker_id: HolderId = UNSET
     lease_seconds: LeaseSeconds | None = None
     wait_seconds: Annotated[float, Meta(ge=0, le=30)] = 0
 
 
-class HolderRequest(Model, frozen=True, kw_only=True):
+class HolderRequest(Located, frozen=True, kw_only=True):
     """A call from the worker holding a task; with `lease_id`, only that lease (dispatch) is accepted."""
 
     worker_id: HolderId = UNSET
     lease_id: UUID | None = None
 
 
-class HeartbeatRequest(Model, frozen=True, kw_only=True):
+class HeartbeatRequest(Located, frozen=True, kw_only=True):
     """Extend the lease, by `lease_seconds` or by the length it was dispatched with."""
 
     worker_id: HolderId = UNSET
@@ -559,3 +596,56 @@ class StationHistory(Model, frozen=True, kw_only=True):
     station_id: int
     timezone: str
     days: list[StationDay]
+
+
+class WorkerIn(Model, frozen=True, kw_only=True):
+    """Register a worker, or update its registration (its last position is kept)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=200, pattern=NO_NUL)]
+    capacity: Annotated[int, Meta(ge=0, le=10_000, description="Bikes the van carries.")]
+    depot_station_id: StationId | None = None
+    on_shift: bool
+
+
+class Worker(Model, frozen=True, kw_only=True):
+    """A registered worker: its van, its last reported position and load, the task it holds, when it was
+    last seen (its last position, or the last change to its task) and the tasks it completed today (UTC)."""
+
+    worker_id: str
+    name: str | None
+    capacity: int | None
+    depot_station_id: int | None
+    on_shift: bool
+    lat: float | None
+    lon: float | None
+    position_at: datetime | None
+    load: int | None
+    current_task_id: int | None
+    last_seen_at: datetime | None
+    completed_today: int
+
+
+class WorkerPage(Model, frozen=True, kw_only=True):
+    """Query parameters of `GET /workers`: after the worker id `after`, in worker id order."""
+
+    limit: Limit = 100
+    after: Annotated[str, Meta(max_length=64, pattern=NO_NUL)] = ""
+
+
+class StatsWindow(Model, frozen=True, kw_only=True):
+    """Query parameters of `GET /workers/{worker_id}/stats`."""
+
+    hours: Annotated[int, Meta(ge=1, le=24 * 90, description="The window, ending now.")] = 24
+
+
+class WorkerStats(Model, frozen=True, kw_only=True):
+    """What a worker did in the last `hours`: tasks completed (and per hour), the median time from dispatch
+    to completion, failed attempts (fail), and leases that ran out in its hands."""
+
+    worker_id: str
+    hours: int
+    completed: int
+    tasks_per_hour: float
+    median_minutes_to_complete: float | None
+    failures: int
+    leases_expired: int

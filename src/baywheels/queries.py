@@ -18,6 +18,7 @@ from .models import (
     HourCounts,
     LiveEvent,
     Percentiles,
+    Position,
     Role,
     StateCounts,
     Station,
@@ -27,6 +28,8 @@ from .models import (
     SuggestionOutcome,
     Task,
     TaskEvent,
+    Worker,
+    WorkerStats,
 )
 
 Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
@@ -65,6 +68,15 @@ class TaskChange:
 
 def _change(row: asyncpg.Record | None) -> TaskChange | None:
     return None if row is None else TaskChange(_task(row), row["changed"])
+
+
+# The unique violation a dispatch raises when a station it saw free in its snapshot was claimed by a dispatch
+# that committed since (station_claim_refused, migration 007): nothing of the statement stays; run it again.
+STATION_TAKEN = "station_claims_one_van"
+
+
+def station_taken(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == STATION_TAKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +399,15 @@ async def suggestion_upsert_batch(
 # task.sql
 
 
+async def task_age(
+    conn: Conn, minutes: float, most: int, now: datetime | None = None, limit: int = 1000
+) -> int:
+    """Raise the aging of ready tasks due for it (one step per ``minutes`` ready, at most ``most``), up to
+    ``limit`` tasks; how many were raised."""
+    raised: int = await conn.fetchval(_TASK_AGE, minutes, most, now, limit)
+    return raised
+
+
 async def task_approve_many(
     conn: Conn, suggestion_ids: Sequence[int], now: datetime | None = None, *, actor: str | None = None
 ) -> list[Task]:
@@ -419,8 +440,10 @@ async def task_dispatch(
     now: datetime | None = None,
     *,
     actor: str | None = None,
+    one_van: bool = True,
 ) -> Task | None:
-    return _task_or_none(await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key, now, actor))
+    row = await conn.fetchrow(_TASK_DISPATCH, worker_id, lease_seconds, key, now, actor, one_van)
+    return _task_or_none(row)
 
 
 async def task_dispatch_key_lock(conn: Conn, worker_id: str, key: str) -> None:
@@ -434,11 +457,42 @@ async def task_dispatch_many(
     now: datetime | None = None,
     *,
     actors: Sequence[str | None] | None = None,
+    one_van: bool = True,
 ) -> dict[int, Task]:
     """Tasks by the 0-based index of the worker they went to; ``actors`` aligned with the workers."""
     actors = [None] * len(worker_ids) if actors is None else actors
-    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds, now, actors)
+    rows = await conn.fetch(_TASK_DISPATCH_MANY, worker_ids, lease_seconds, now, actors, one_van)
     return {row["ord"] - 1: _task(row) for row in rows}
+
+
+async def task_dispatch_near(
+    conn: Conn,
+    worker_id: str,
+    lease_seconds: int,
+    key: str | None,
+    at: Position,
+    now: datetime | None = None,
+    *,
+    actor: str | None = None,
+    max_km: float | None = None,
+    one_van: bool = True,
+) -> Task | None:
+    """The best task for a van at ``at`` (kept as its last position), within ``max_km`` when set."""
+    row = await conn.fetchrow(
+        _TASK_DISPATCH_NEAR,
+        worker_id,
+        lease_seconds,
+        key,
+        now,
+        actor,
+        at.lat,
+        at.lon,
+        at.accuracy_m,
+        at.load,
+        max_km,
+        one_van,
+    )
+    return _task_or_none(row)
 
 
 async def task_event_list(conn: Conn, task_id: int) -> list[TaskEvent]:
@@ -570,6 +624,63 @@ async def task_stale_refresh(conn: Conn, station_ids: Sequence[int]) -> int:
     return flagged
 
 
+# worker.sql
+
+_WORKER_FIELDS = Worker.__struct_fields__
+
+
+def _worker(row: asyncpg.Record) -> Worker:
+    return Worker(**{field: row[field] for field in _WORKER_FIELDS})
+
+
+async def worker_get(conn: Conn, worker_id: str, now: datetime | None = None) -> Worker | None:
+    row = await conn.fetchrow(_WORKER_GET, worker_id, now)
+    return None if row is None else _worker(row)
+
+
+async def worker_list(conn: Conn, after: str, limit: int, now: datetime | None = None) -> list[Worker]:
+    return [_worker(row) for row in await conn.fetch(_WORKER_LIST, after, limit, now)]
+
+
+async def worker_locate(conn: Conn, worker_id: str, at: Position, now: datetime | None = None) -> None:
+    await conn.execute(_WORKER_LOCATE, worker_id, at.lat, at.lon, at.accuracy_m, at.load, now)
+
+
+async def worker_off_shift(conn: Conn, worker_id: str) -> bool:
+    off: bool = await conn.fetchval(_WORKER_OFF_SHIFT, worker_id)
+    return off
+
+
+async def worker_put(
+    conn: Conn,
+    worker_id: str,
+    name: str,
+    capacity: int,
+    depot_station_id: int | None,
+    on_shift: bool,
+    now: datetime | None = None,
+) -> bool:
+    """Register or update; whether the worker was registered just now (its row is new)."""
+    created: bool = await conn.fetchval(
+        _WORKER_PUT, worker_id, name, capacity, depot_station_id, on_shift, now
+    )
+    return created
+
+
+async def worker_stats(conn: Conn, worker_id: str, hours: int, now: datetime | None = None) -> WorkerStats:
+    row = await conn.fetchrow(_WORKER_STATS, worker_id, hours, now)
+    assert row is not None
+    return WorkerStats(
+        worker_id=worker_id,
+        hours=hours,
+        completed=row["completed"],
+        tasks_per_hour=row["completed"] / hours,
+        median_minutes_to_complete=row["median_minutes_to_complete"],
+        failures=row["failures"],
+        leases_expired=row["leases_expired"],
+    )
+
+
 # Bound at import, so a renamed or missing query fails at start-up rather than on the first request.
 _API_KEY_AUTHENTICATE = _query_text("api_key_authenticate", "many")
 _API_KEY_BOOTSTRAP_LOCK = _query_text("api_key_bootstrap_lock", "exec")
@@ -608,12 +719,14 @@ _SUGGESTION_OUTCOME_LIST = _query_text("suggestion_outcome_list", "many")
 _SUGGESTION_REMOVE = _query_text("suggestion_remove", "many")
 _SUGGESTION_STALE = _query_text("suggestion_stale", "many")
 _SUGGESTION_UPSERT_BATCH = _query_text("suggestion_upsert_batch", "many")
+_TASK_AGE = _query_text("task_age", "one")
 _TASK_APPROVE_MANY = _query_text("task_approve_many", "many")
 _TASK_CANCEL = _query_text("task_cancel", "one")
 _TASK_COMPLETE = _query_text("task_complete", "one")
 _TASK_DISPATCH = _query_text("task_dispatch", "one")
 _TASK_DISPATCH_KEY_LOCK = _query_text("task_dispatch_key_lock", "exec")
 _TASK_DISPATCH_MANY = _query_text("task_dispatch_many", "many")
+_TASK_DISPATCH_NEAR = _query_text("task_dispatch_near", "one")
 _TASK_EVENT_LIST = _query_text("task_event_list", "many")
 _TASK_EVENT_AFTER = _query_text("task_event_after", "many")
 _TASK_EVENT_LAST_ID = _query_text("task_event_last_id", "one")
@@ -631,3 +744,9 @@ _TASK_RELEASE = _query_text("task_release", "one")
 _TASK_RESCUE_EXPIRED = _query_text("task_rescue_expired", "many")
 _TASK_RETRY = _query_text("task_retry", "one")
 _TASK_STALE_REFRESH = _query_text("task_stale_refresh", "one")
+_WORKER_GET = _query_text("worker_get", "one")
+_WORKER_LIST = _query_text("worker_list", "many")
+_WORKER_LOCATE = _query_text("worker_locate", "exec")
+_WORKER_OFF_SHIFT = _query_text("worker_off_shift", "one")
+_WORKER_PUT = _query_text("worker_put", "one")
+_WORKER_STATS = _query_text("worker_stats", "one")

@@ -78,6 +78,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # statement of up to DISPATCH_BATCH_MAX workers.
     dispatch_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
     dispatch_batch_max: Annotated[int, Meta(ge=1, le=1000)] = 128
+    # Location-aware dispatch: tasks whose pickup station is farther than this from the van are not offered to
+    # it (unset: no limit).
+    dispatch_max_km: Annotated[float, Meta(gt=0, le=20_000)] | None = None
+    # A station that is the pickup or drop-off of an assigned task is not handed to another van meanwhile.
+    one_van_per_station: bool = True
+    # Aging: +1 effective priority per this many minutes a task is ready (0: off), at most PRIORITY_AGING_MAX.
+    priority_aging_minutes: Annotated[float, Meta(ge=0, le=525_600)] = 30.0
+    priority_aging_max: Annotated[int, Meta(ge=0, le=1000)] = 5
     # uvicorn worker processes of `serve`. Each has its own pool (POOL_MAX_SIZE), dispatcher and LISTEN
     # connection, and a maintenance loop (only one leads); /metrics adds up all of them.
     workers: Annotated[int, Meta(ge=1, le=64)] = 1

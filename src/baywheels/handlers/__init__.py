@@ -2,7 +2,7 @@
 gathered here for the app's routes and the OpenAPI document."""
 
 from ..endpoints import Endpoint
-from . import dispatch, events, health, keys, operators, stations, suggestions, tasks
+from . import dispatch, events, health, keys, operators, stations, suggestions, tasks, workers
 
 # In the order the router tries them (it matches one route after another): the workers' calls, the most
 # frequent by far, first.
@@ -12,6 +12,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *suggestions.endpoints,
     *operators.endpoints,
     *stations.endpoints,
+    *workers.endpoints,
     *keys.endpoints,
     *health.endpoints,
     *events.endpoints,

@@ -6,6 +6,7 @@ from typing import TypeVar
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import queries
 from ..auth import acting_worker, principal
 from ..endpoints import Endpoints
 from ..errors import CLIENT_CLOSED, BadRequest, NotFound
@@ -34,10 +35,16 @@ class ClientGone(Exception):
     Task,
     errors=(404,),
     description=(
-        "Highest priority first, then oldest, then lowest id; 404 when no task is ready. With "
-        "`wait_seconds` the request waits up to that long and answers the moment a task is ready. The "
-        "task is leased for `lease_seconds` (default TASK_LEASE_SECONDS): heartbeat to keep it. An "
-        "`Idempotency-Key` header makes a retry by the same worker return the task it already holds."
+        "Highest effective priority first (priority, plus one per PRIORITY_AGING_MINUTES ready, at most "
+        "PRIORITY_AGING_MAX), then oldest, then lowest id; 404 when no task is ready, or when the worker is "
+        "registered as off shift. With a position (`lat`, `lon`) the task is the best one for that van: only "
+        "tasks it can carry (`qty` <= capacity - `load`, when its capacity is registered), the highest "
+        "band first, then the nearest pickup station (within DISPATCH_MAX_KM), then the oldest; the "
+        "position is kept as the worker's last. With ONE_VAN_PER_STATION, a station that is the pickup or "
+        "drop-off of an assigned task is not handed to another van meanwhile. With `wait_seconds` the "
+        "request waits up to that long and answers the moment a task is ready. The task is leased for "
+        "`lease_seconds` (default TASK_LEASE_SECONDS): heartbeat to keep it. An `Idempotency-Key` header "
+        "makes a retry by the same worker return the task it already holds."
     ),
     headers=(
         (
@@ -57,23 +64,34 @@ async def dispatch_next(request: Request, body: DispatchRequest) -> Response:
     state = app_state(request)
     caller = principal(request)
     lease_seconds = body.lease_seconds or state.settings.task_lease_seconds
+    near = body.position()
     try:
         if body.wait_seconds > 0:
+            # An off-shift worker would only sleep until its wait ran out.
+            if await queries.worker_off_shift(state.pool, worker_id):
+                raise NotFound(_off_shift(worker_id))
             with state.guard.long_poll(caller):
                 waiting = state.dispatcher.next(
-                    worker_id, lease_seconds, body.wait_seconds, key, caller.actor
+                    worker_id, lease_seconds, body.wait_seconds, key, caller.actor, near
                 )
                 task = await _unless_disconnected(request, waiting)
         else:
-            task = await state.dispatcher.next(worker_id, lease_seconds, 0, key, caller.actor)
+            task = await state.dispatcher.next(worker_id, lease_seconds, 0, key, caller.actor, near)
     except ClientGone:
         _ABANDONED.inc()
         return Response(status_code=CLIENT_CLOSED)
     if task is None:
         _EMPTY.inc()
+        # Why nothing: the statement passes over an off-shift worker; its 404 says so.
+        if await queries.worker_off_shift(state.pool, worker_id):
+            raise NotFound(_off_shift(worker_id))
         raise NotFound("No available tasks with status 'ready'")
     _ASSIGNED.inc()
     return MsgspecResponse(task)
+
+
+def _off_shift(worker_id: str) -> str:
+    return f"Worker {worker_id!r} is off shift: no task is dispatched to it until it is back on shift"
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T:

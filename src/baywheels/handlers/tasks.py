@@ -95,19 +95,31 @@ async def complete(request: Request, body: CompleteRequest) -> Response:
     return answer("complete", task_id, result, worker_id, body.lease_id, bound)
 
 
+# A van's position (and load) rides on its heartbeat and pickup: kept as the worker's last, in the call's
+# transaction. A call without one runs its one statement as before.
+_LOCATED = "With a position (`lat`, `lon`, optional `accuracy_m`, `load`), it is kept as the worker's last."
+
+
 @endpoints.post(
     "/task/{task_id:id}/heartbeat",
     "Extend the holder's lease",
     Task,
     errors=(409,),
+    description=_LOCATED,
     roles=("worker", "admin"),
 )
 async def heartbeat(request: Request, body: HeartbeatRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
     worker_id = acting_worker(request, body.worker_id)
-    result = await queries.task_heartbeat(
-        pool(request), task_id, worker_id, body.lease_id, body.lease_seconds
-    )
+    at = body.position()
+    if at is None:
+        result = await queries.task_heartbeat(
+            pool(request), task_id, worker_id, body.lease_id, body.lease_seconds
+        )
+    else:
+        async with pool(request).acquire() as conn, conn.transaction():
+            await queries.worker_locate(conn, worker_id, at)
+            result = await queries.task_heartbeat(conn, task_id, worker_id, body.lease_id, body.lease_seconds)
     return answer("heartbeat", task_id, result, worker_id, body.lease_id, bound_worker(request))
 
 
@@ -116,14 +128,22 @@ async def heartbeat(request: Request, body: HeartbeatRequest) -> Response:
     "Record that the bikes are on the van",
     Task,
     errors=(409,),
-    description="After pickup an expired lease makes the task `stalled` (for an operator), not `ready`.",
+    description=(
+        "After pickup an expired lease makes the task `stalled` (for an operator), not `ready`. " + _LOCATED
+    ),
     roles=("worker", "admin"),
 )
 async def pickup(request: Request, body: HolderRequest) -> Response:
     task_id = path_id(request, "task_id", "Task")
     worker_id = acting_worker(request, body.worker_id)
     actor = principal(request).actor
-    result = await queries.task_pickup(pool(request), task_id, worker_id, body.lease_id, actor=actor)
+    at = body.position()
+    if at is None:
+        result = await queries.task_pickup(pool(request), task_id, worker_id, body.lease_id, actor=actor)
+    else:
+        async with pool(request).acquire() as conn, conn.transaction():
+            await queries.worker_locate(conn, worker_id, at)
+            result = await queries.task_pickup(conn, task_id, worker_id, body.lease_id, actor=actor)
     return answer("pickup", task_id, result, worker_id, body.lease_id, bound_worker(request))
 
 
