@@ -1,8 +1,8 @@
 """The maintenance loop: periodic jobs that must run in one instance at a time, as River's
 ``internal/maintenance`` does. Every instance runs the loop, but only the holder of one PostgreSQL advisory
 lock (on its own connection) runs the jobs; the others poll the lock and take over when its connection goes
-away. Each job is a small object with an interval and one query: lease rescue and due-task announcements
-today, a station-feed refresh and retention later.
+away. Each job is a small object with an interval and one query: lease rescue, due-task announcements
+and retention (RETENTION_DAYS) today, a station-feed refresh later.
 
 After an outage (the leader lost the database and got it back) the jobs hear how long it lasted: lease
 rescue then spares, for a grace as long as the outage (capped at LEASE_GRACE_MAX_SECONDS), the leases that
@@ -11,6 +11,7 @@ ran out while the database was unreachable, so a holder whose complete got 503 a
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +19,7 @@ import asyncpg
 import structlog
 
 from . import db, queries
-from .metrics import TRANSITIONS
+from .metrics import RETENTION_DELETED, TRANSITIONS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -107,8 +108,40 @@ class DueAnnouncer(Job):
         return False
 
 
+class Retention(Job):
+    """Deletes finished tasks and their events RETENTION_DAYS after they finished, a batch per transaction,
+    so no lock is held for long and history's size never reaches dispatch. While batches come back full it
+    runs again at once (the other jobs still take their turns between batches); one log line per sweep."""
+
+    name = "retention"
+    interval = 60.0
+    batch = 1000
+
+    def __init__(self, settings: Settings, now: Callable[[], datetime | None] = lambda: None) -> None:
+        assert settings.retention_days is not None
+        self._keep = timedelta(days=settings.retention_days)
+        # The database's clock (None) unless a test sets one.
+        self._now = now
+        self._swept = [0, 0]
+
+    async def run(self, conn: queries.Conn) -> bool:
+        tasks, events = await queries.task_delete_finished(conn, self._keep, self.batch, self._now())
+        RETENTION_DELETED.labels("tasks").inc(tasks)
+        RETENTION_DELETED.labels("task_events").inc(events)
+        self._swept[0] += tasks
+        self._swept[1] += events
+        more = tasks == self.batch
+        if not more and self._swept[0]:
+            log.info("retention_deleted", tasks=self._swept[0], task_events=self._swept[1])
+            self._swept = [0, 0]
+        return more
+
+
 def default_jobs(settings: Settings) -> list[Job]:
-    return [LeaseRescue(settings), DueAnnouncer(settings)]
+    jobs: list[Job] = [LeaseRescue(settings), DueAnnouncer(settings)]
+    if settings.retention_days is not None:
+        jobs.append(Retention(settings))
+    return jobs
 
 
 class Maintenance:

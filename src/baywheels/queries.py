@@ -4,7 +4,7 @@ transaction; rows become Structs here and nowhere else. Task queries whose outco
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -209,6 +209,16 @@ async def task_complete(
     return _change(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id, now, actor))
 
 
+async def task_delete_finished(
+    conn: Conn, older_than: timedelta, limit: int, now: datetime | None = None
+) -> tuple[int, int]:
+    """Delete up to ``limit`` tasks that finished more than ``older_than`` before ``now``, with their events;
+    returns (tasks, events) deleted."""
+    row = await conn.fetchrow(_TASK_DELETE_FINISHED, older_than, limit, now)
+    assert row is not None
+    return row["tasks"], row["events"]
+
+
 async def task_dispatch(
     conn: Conn,
     worker_id: str,
@@ -360,6 +370,7 @@ _SUGGESTION_UPSERT_BATCH = _query_text("suggestion_upsert_batch", "many")
 _TASK_APPROVE_MANY = _query_text("task_approve_many", "many")
 _TASK_CANCEL = _query_text("task_cancel", "one")
 _TASK_COMPLETE = _query_text("task_complete", "one")
+_TASK_DELETE_FINISHED = _query_text("task_delete_finished", "one")
 _TASK_DISPATCH = _query_text("task_dispatch", "one")
 _TASK_DISPATCH_KEY_LOCK = _query_text("task_dispatch_key_lock", "exec")
 _TASK_DISPATCH_MANY = _query_text("task_dispatch_many", "many")
