@@ -179,11 +179,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def safe_database_url(self) -> str:
         """The DSN with any password replaced, for logs."""
-        if self.database_url is None:
-            return "embedded"
-        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.database_url)
-        # libpq and asyncpg also take the password as a query parameter.
-        return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
+        return "embedded" if self.database_url is None else _masked(self.database_url)
+
+    @property
+    def safe_read_database_url(self) -> str | None:
+        return None if self.read_database_url is None else _masked(self.read_database_url)
+
+
+def _masked(dsn: str) -> str:
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    # libpq and asyncpg also take the password as a query parameter.
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
 
 
 def load(environ: Mapping[str, str] | None = None, env_file: str | Path = ".env") -> Settings:
