@@ -83,13 +83,16 @@ WHERE t.status = 'completed';
 
 -- name: bench_history_insert :exec
 -- $1 completed tasks, finished evenly over the $2 days before now (the oldest first), each by one of 500
--- vans; suggestion ids far above the backlog's. Set-up in one statement.
+-- vans; suggestion ids far above the backlog's. Their ids are below the backlog's (-$1..-1), as history's are
+-- below new work's, so the backlog's events land at the right edge of task_events_task_idx as new tasks'
+-- do. Set-up in one statement.
 INSERT INTO tasks (
-    suggestion_id, from_station_id, to_station_id, qty, reason, priority, status, worker_id, created_at,
+    id, suggestion_id, from_station_id, to_station_id, qty, reason, priority, status, worker_id, created_at,
     assigned_at, completed_at, finished_at, attempts, available_at
 )
-SELECT 1000000000 + g, 1 + g % 997, 1 + (g + 1) % 997, 1 + g % 5, 'benchmark history', g % 3, 'completed',
-       'van-' || g % 500, f - interval '50 minutes', f - interval '40 minutes', f, f, 1,
+OVERRIDING SYSTEM VALUE
+SELECT g - $1 - 1, 1000000000 + g, 1 + g % 997, 1 + (g + 1) % 997, 1 + g % 5, 'benchmark history', g % 3,
+       'completed', 'van-' || g % 500, f - interval '50 minutes', f - interval '40 minutes', f, f, 1,
        f - interval '50 minutes'
 FROM generate_series(1, $1::bigint) AS g,
      LATERAL (SELECT now() - make_interval(secs => $2 * 86400.0 * ($1 - g) / $1) AS f) AS finished;
