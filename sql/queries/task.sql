@@ -88,20 +88,25 @@ SELECT false, * FROM unchanged;
 -- fills a batch, each call its own short transaction. The head of tasks_finished_idx holds exactly these
 -- rows. SKIP LOCKED: a row an operator is retrying right now is left for the next pass, never waited for.
 WITH doomed AS (
-    SELECT id
-    FROM tasks
-    WHERE finished_at IS NOT NULL
-      AND finished_at < coalesce($3::timestamptz, now()) - $1::interval
-    ORDER BY finished_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    SELECT array_agg(id) AS ids
+    FROM (
+        SELECT id
+        FROM tasks
+        WHERE finished_at IS NOT NULL
+          AND finished_at < coalesce($3::timestamptz, now()) - $1::interval
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) batch
 ),
--- Deleted here rather than by the foreign key's cascade, so they are counted; the cascade then finds none.
+-- By `= ANY(ids)`, not a join with the batch: the planner then looks each id up in the index whatever it
+-- believes of the batch's size (a join was planned as a scan of all history). Deleted here rather than by the
+-- foreign key's cascade, so they are counted; the cascade then finds none.
 events AS (
-    DELETE FROM task_events e USING doomed d WHERE e.task_id = d.id RETURNING 1
+    DELETE FROM task_events WHERE task_id = ANY((SELECT ids FROM doomed)::bigint[]) RETURNING 1
 ),
 deleted AS (
-    DELETE FROM tasks t USING doomed d WHERE t.id = d.id RETURNING 1
+    DELETE FROM tasks WHERE id = ANY((SELECT ids FROM doomed)::bigint[]) RETURNING 1
 )
 SELECT (SELECT count(*) FROM deleted) AS tasks, (SELECT count(*) FROM events) AS events;
 
