@@ -164,9 +164,12 @@ async def test_lease_rescue_reads_the_lease_index(morning_burst: asyncpg.Pool, g
     assert "tasks_lease_idx" in names, json.dumps(plan, indent=1)
 
 
+@pytest.mark.parametrize(
+    "after", [None, datetime(2000, 1, 1, tzinfo=UTC)], ids=["sweep begins", "sweep goes on"]
+)
 @pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
 async def test_the_cleaner_reads_the_head_of_the_finished_index(
-    pool: asyncpg.Pool, plan_cache_mode: str
+    pool: asyncpg.Pool, plan_cache_mode: str, after: datetime | None
 ) -> None:
     """Retention deletes a batch found at the head of tasks_finished_idx, and their events by task: never a
     scan of all history, which would make each batch cost as much as the history is long."""
@@ -180,7 +183,7 @@ async def test_the_cleaner_reads_the_head_of_the_finished_index(
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
         explained = await conn.fetchval(
-            f"EXPLAIN (FORMAT JSON) {sql.text('task_delete_finished')}", timedelta(days=7), 1000, None
+            f"EXPLAIN (FORMAT JSON) {sql.text('task_delete_finished')}", timedelta(days=7), 1000, None, after
         )
     plan = json.loads(explained)[0]["Plan"]
     indexes = {node["Index Name"] for node in nodes(plan) if "Index Name" in node}

@@ -102,12 +102,15 @@ async def _clean(ctx: Context, url: str, tasks: int) -> Cleaner:
     conn = await connect(url)
     began = time.monotonic()
     try:
+        after = None
         while True:
-            n, events = await queries.task_delete_finished(conn, timedelta(days=keep), CLEANER_BATCH)
-            deleted[0] += n
-            deleted[1] += events
-            if n < CLEANER_BATCH:
+            # As the maintenance loop's Retention job runs it: each batch from where the last one ended.
+            batch = await queries.task_delete_finished(conn, timedelta(days=keep), CLEANER_BATCH, after=after)
+            deleted[0] += batch.tasks
+            deleted[1] += batch.events
+            if batch.tasks < CLEANER_BATCH:
                 break
+            after = batch.last
         seconds = time.monotonic() - began
         left = await conn.fetchrow(q("bench_history_left"), keep)
         assert left is not None

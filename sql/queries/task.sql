@@ -84,16 +84,19 @@ SELECT false, * FROM unchanged;
 
 -- name: task_delete_finished :one
 -- Retention: delete up to $2 tasks that finished (completed, canceled, failed) more than $1 before $3, oldest
--- first, with their events; returns how many of each. The maintenance loop calls it again at once while it
--- fills a batch, each call its own short transaction. The head of tasks_finished_idx holds exactly these
--- rows. SKIP LOCKED: a row an operator is retrying right now is left for the next pass, never waited for.
+-- first, from $4 on (null: the oldest), with their events; returns how many of each and the last finished_at
+-- deleted, which the maintenance loop passes as $4 to the next batch of a sweep: each batch then starts where
+-- the last one ended instead of stepping over the index entries of every row deleted before it (they stay in
+-- the index until vacuum), and a sweep costs as many rows as it deletes. Each call is its own short
+-- transaction. SKIP LOCKED: a row an operator is retrying right now is left for the next sweep.
 WITH doomed AS (
-    SELECT array_agg(id) AS ids
+    SELECT array_agg(id) AS ids, max(finished_at) AS last
     FROM (
-        SELECT id
+        SELECT id, finished_at
         FROM tasks
         WHERE finished_at IS NOT NULL
           AND finished_at < coalesce($3::timestamptz, now()) - $1::interval
+          AND ($4::timestamptz IS NULL OR finished_at >= $4::timestamptz)
         ORDER BY finished_at
         LIMIT $2
         FOR UPDATE SKIP LOCKED
@@ -108,7 +111,8 @@ events AS (
 deleted AS (
     DELETE FROM tasks WHERE id = ANY((SELECT ids FROM doomed)::bigint[]) RETURNING 1
 )
-SELECT (SELECT count(*) FROM deleted) AS tasks, (SELECT count(*) FROM events) AS events;
+SELECT (SELECT count(*) FROM deleted) AS tasks, (SELECT count(*) FROM events) AS events,
+       (SELECT last FROM doomed) AS last;
 
 -- name: task_dispatch :one
 -- Assign the best available ready task to worker $1 for $2 seconds: highest priority, then oldest, then

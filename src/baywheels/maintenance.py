@@ -123,14 +123,17 @@ class Retention(Job):
         # The database's clock (None) unless a test sets one.
         self._now = now
         self._swept = [0, 0]
+        # Where the sweep under way has got to (None: a new sweep starts from the oldest).
+        self._after: datetime | None = None
 
     async def run(self, conn: queries.Conn) -> bool:
-        tasks, events = await queries.task_delete_finished(conn, self._keep, self.batch, self._now())
-        RETENTION_DELETED.labels("tasks").inc(tasks)
-        RETENTION_DELETED.labels("task_events").inc(events)
-        self._swept[0] += tasks
-        self._swept[1] += events
-        more = tasks == self.batch
+        deleted = await queries.task_delete_finished(conn, self._keep, self.batch, self._now(), self._after)
+        RETENTION_DELETED.labels("tasks").inc(deleted.tasks)
+        RETENTION_DELETED.labels("task_events").inc(deleted.events)
+        self._swept[0] += deleted.tasks
+        self._swept[1] += deleted.events
+        more = deleted.tasks == self.batch
+        self._after = deleted.last if more else None
         if not more and self._swept[0]:
             log.info("retention_deleted", tasks=self._swept[0], task_events=self._swept[1])
             self._swept = [0, 0]

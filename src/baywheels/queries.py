@@ -209,14 +209,23 @@ async def task_complete(
     return _change(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id, now, actor))
 
 
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """One batch of retention: rows deleted, and the last finished_at among them (None when none was)."""
+
+    tasks: int
+    events: int
+    last: datetime | None
+
+
 async def task_delete_finished(
-    conn: Conn, older_than: timedelta, limit: int, now: datetime | None = None
-) -> tuple[int, int]:
-    """Delete up to ``limit`` tasks that finished more than ``older_than`` before ``now``, with their events;
-    returns (tasks, events) deleted."""
-    row = await conn.fetchrow(_TASK_DELETE_FINISHED, older_than, limit, now)
+    conn: Conn, older_than: timedelta, limit: int, now: datetime | None = None, after: datetime | None = None
+) -> Deleted:
+    """Delete up to ``limit`` tasks that finished more than ``older_than`` before ``now``, from ``after`` on
+    (the previous batch's ``last``), with their events."""
+    row = await conn.fetchrow(_TASK_DELETE_FINISHED, older_than, limit, now, after)
     assert row is not None
-    return row["tasks"], row["events"]
+    return Deleted(row["tasks"], row["events"], row["last"])
 
 
 async def task_dispatch(
