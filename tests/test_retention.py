@@ -1,16 +1,19 @@
 """Retention (RETENTION_DAYS): finished tasks and their events are deleted once they are old enough, on the
-clock the queries are given; young finished tasks and open ones, however old, are never touched."""
+clock the queries are given; young finished tasks and open ones, however old, are never touched; and the
+running service's maintenance loop does it."""
 
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import msgspec
+import pytest
 from prometheus_client import REGISTRY
 
 from baywheels import queries, settings
 from baywheels.maintenance import Retention, default_jobs
 from baywheels.models import Task
 from baywheels.queries import Deleted
+from helpers import complete, dispatch, json_of, make_tasks, serving, until
 
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -132,3 +135,24 @@ def test_the_cleaner_runs_only_with_a_retention(service_settings: settings.Setti
     assert "retention" not in [job.name for job in default_jobs(service_settings)]
     kept = msgspec.structs.replace(service_settings, retention_days=30)
     assert "retention" in [job.name for job in default_jobs(kept)]
+
+
+async def test_the_service_forgets_finished_tasks_after_the_retention(
+    service_settings: settings.Settings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The maintenance loop's leader runs the cleaner: a completed task and its events are gone (404) once
+    RETENTION_DAYS have passed since it finished (here about a second), an open one stays."""
+    monkeypatch.setattr(Retention, "interval", 0.05)
+    brief = msgspec.structs.replace(service_settings, retention_days=1 / 86400, reaper_interval_seconds=0.05)
+    async with serving(brief, database_url) as (client, _):
+        done, still_open = await make_tasks(client, 2)
+        held = await dispatch(client, "van-1")
+        assert held["id"] == done["id"]
+        assert (await complete(client, done["id"], "van-1")).status_code == 200
+
+        async def forgotten() -> bool:
+            return (await client.get(f"/task/{done['id']}")).status_code == 404
+
+        await until(forgotten)
+        assert (await client.get(f"/task/{done['id']}/events")).status_code == 404
+        assert json_of(await client.get(f"/task/{still_open['id']}"), 200)["status"] == "ready"
