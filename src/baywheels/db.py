@@ -168,9 +168,10 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back to the pool looking open: Pool above deals with that."""
 
 
-# What a read replica answers when it is down, restarting, or cancelled a read that conflicted with the
-# recovery it replays (40001): the read is run on the primary instead. Not TimeoutError: a busy or slow
-# replica's read would only add its wait to the primary's.
+# What a read replica answers when it is down or unreachable (DatabaseUnreachable, a connect timeout
+# included), restarting, or cancelled a read that conflicted with the recovery it replays (40001): the read
+# is run on the primary instead. Not the TimeoutError of a busy pool or a slow statement: moving such a read
+# to the primary would only add its wait to the primary's.
 REPLICA_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
