@@ -72,6 +72,46 @@ GROUP BY span.first, span.last;
 -- name: bench_dispatched_between :one
 SELECT count(*) FROM tasks WHERE status = 'assigned' AND assigned_at >= $1 AND assigned_at < $2;
 
+-- name: bench_history_events_insert :exec
+-- The three events of each history task (approved, assigned, completed), in one statement. Run with
+-- session_replication_role = replica: the foreign key's check of 30 million rows is set-up cost only.
+INSERT INTO task_events (task_id, event, worker_id, at, actor)
+SELECT t.id, e.event, CASE WHEN e.event <> 'approved' THEN t.worker_id END,
+       CASE e.event WHEN 'approved' THEN t.created_at WHEN 'assigned' THEN t.assigned_at ELSE t.completed_at END,
+       'bench'
+FROM tasks t
+CROSS JOIN (VALUES ('approved'), ('assigned'), ('completed')) AS e (event)
+WHERE t.status = 'completed';
+
+-- name: bench_history_insert :exec
+-- $1 completed tasks, finished evenly over the $2 days before now (the oldest first), each by one of 500
+-- vans; suggestion ids far above the backlog's. Their ids are below the backlog's (-$1..-1), as history's are
+-- below new work's, so the backlog's events land at the right edge of task_events_task_idx as new tasks'
+-- do. Set-up in one statement.
+INSERT INTO tasks (
+    id, suggestion_id, from_station_id, to_station_id, qty, reason, priority, status, worker_id, created_at,
+    assigned_at, completed_at, finished_at, attempts, available_at
+)
+OVERRIDING SYSTEM VALUE
+SELECT g - $1 - 1, 1000000000 + g, 1 + g % 997, 1 + (g + 1) % 997, 1 + g % 5, 'benchmark history', g % 3,
+       'completed', 'van-' || g % 500, f - interval '50 minutes', f - interval '40 minutes', f, f, 1,
+       f - interval '50 minutes'
+FROM generate_series(1, $1::bigint) AS g,
+     LATERAL (SELECT now() - make_interval(secs => $2 * 86400.0 * ($1 - g) / $1) AS f) AS finished;
+
+-- name: bench_history_left :one
+-- Finished tasks older than $1 days, and events of tasks that no longer exist: both 0 after a clean sweep.
+SELECT (SELECT count(*) FROM tasks WHERE finished_at < now() - make_interval(days => $1)) AS old_tasks,
+       (SELECT count(*) FROM task_events e WHERE NOT EXISTS (SELECT FROM tasks t WHERE t.id = e.task_id))
+           AS orphan_events;
+
+-- name: bench_history_replication_role :exec
+-- For this transaction only: no triggers, foreign-key checks included (superuser).
+SET LOCAL session_replication_role = replica;
+
+-- name: bench_history_vacuum :exec
+VACUUM ANALYZE tasks, task_events;
+
 -- name: bench_listeners :one
 -- Service processes up: each worker's dispatcher holds one connection whose only statement was its LISTEN.
 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %';

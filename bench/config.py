@@ -24,6 +24,9 @@ class Config:
     sustained_connections: int
     sustained_backlog: int  # at least; sized up from the ladder's rate
     auth_connections: int  # dispatchers of the auth on/off comparison
+    history_tasks: int  # finished tasks in the history of the history-growth scenario
+    history_connections: int
+    history_duration: float  # per dispatch run (two per side)
     batch_size: int = 10_000
 
 
@@ -47,6 +50,9 @@ FULL = Config(
     sustained_connections=64,
     sustained_backlog=1_500_000,
     auth_connections=64,
+    history_tasks=10_000_000,
+    history_connections=64,
+    history_duration=10,
 )
 QUICK = Config(
     quick=True,
@@ -68,4 +74,7 @@ QUICK = Config(
     sustained_connections=16,
     sustained_backlog=30_000,
     auth_connections=16,
+    history_tasks=100_000,
+    history_connections=16,
+    history_duration=1,
 )

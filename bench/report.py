@@ -10,6 +10,7 @@ from .context import Operation
 from .fmt import mb, num, ratio, times
 from .scenarios.auth import AuthCost
 from .scenarios.dispatch import PEER_WORKERS, Ladder, PeerRun, Point
+from .scenarios.history import History
 from .scenarios.ingest_approve import IngestApprove
 from .scenarios.longpoll import Longpoll
 from .scenarios.sustained import Sustained
@@ -73,6 +74,8 @@ def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table
             sustained_rows(out, result)
         elif isinstance(result, AuthCost):
             auth_rows(out, result)
+        elif isinstance(result, History):
+            history_rows(out, result)
         else:
             raise TypeError(f"no rows for scenario {name} ({type(result).__name__})")
     return out
@@ -251,3 +254,25 @@ def sustained_rows(table: Table, result: Sustained) -> None:
     table.add(
         "dead tuples at end, autovacuums of tasks", f"{tail['n_dead_tup']:,}, {tail['autovacuum_count']}"
     )
+
+
+def history_rows(table: Table, result: History) -> None:
+    empty, history, cleaner = result.empty, result.history, result.cleaner
+    table.section(
+        f"History growth, c={result.connections}: no history vs {result.history_tasks:,} finished tasks and "
+        f"{result.history_events:,} events (target >= 95 %)"
+    )
+    table.add(
+        "dispatches/s, no history -> history",
+        f"{num(empty.dispatch_rate)} -> {num(history.dispatch_rate)}  ({100 * result.dispatch_ratio:.1f} %)",
+    )
+    table.add(
+        "ingest suggestions/s, no history -> history",
+        f"{num(empty.ingest_rate)} -> {num(history.ingest_rate)}  ({100 * result.ingest_ratio:.1f} %)",
+    )
+    table.add(
+        "cleaner, a day of history",
+        f"{cleaner.tasks_deleted:,} tasks + {cleaner.events_deleted:,} events in {cleaner.seconds:.1f} s, "
+        f"{num(cleaner.rows_per_s)} rows/s",
+    )
+    table.add("history made and vacuumed in", f"{result.generate_s:.0f} s")

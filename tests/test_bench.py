@@ -33,6 +33,8 @@ TINY = replace(
     sustained_connections=4,
     sustained_backlog=10_000,
     auth_connections=4,
+    history_tasks=3_000,
+    history_connections=4,
 )
 
 ROWS = [
@@ -93,10 +95,12 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "longpoll",
         "sustained",
         "auth",
+        "history",
     }
     # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers;
-    # then the auth scenario's two runs (AUTH=off, auth on).
-    assert len(report["invariants"]) == 18
+    # then the auth scenario's two runs (AUTH=off, auth on);
+    # then the history scenario's three (each side's dispatch, the cleaner).
+    assert len(report["invariants"]) == 21
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
     assert [inv["scenario"] for inv in report["invariants"]][:8] == [
         "pgbench c=1",
@@ -142,6 +146,7 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "longpoll",
         "sustained",
         "auth",
+        "history",
     }
     # Authentication's cost is measured: both runs answered, and the ratio is reported.
     cost = report["results"]["auth"]
@@ -149,6 +154,36 @@ async def test_every_scenario_runs_and_the_invariant_holds(
     assert cost["on"]["statuses"].get("200", 0) > 0
     assert set(cost["on"]["statuses"]) <= {"200", "404"}, cost["on"]["statuses"]
     assert cost["on_over_off"] > 0
+
+
+async def test_the_history_scenario_compares_both_sides_and_cleans_a_day(
+    server_dsn: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await runner.run(TINY, ["history"], "asyncio", tmp_path, keep=False, dsn=server_dsn)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    report = written(tmp_path)
+    result = report["results"]["history"]
+    assert [inv["scenario"] for inv in report["invariants"]] == [
+        "history: dispatch, empty",
+        "history: dispatch, history",
+        "history cleaner",
+    ]
+    assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
+    assert (result["history_tasks"], result["history_events"]) == (3_000, 9_000)
+    for side in ("empty", "history"):
+        assert len(result[side]["runs"]) == 2
+        assert result[side]["dispatch_rate"] > 0
+        assert result[side]["ingest_rate"] > 0
+    assert result["dispatch_ratio"] == pytest.approx(
+        result["history"]["dispatch_rate"] / result["empty"]["dispatch_rate"]
+    )
+    # The oldest of 30 days: 100 tasks (the history ages while the run goes on: one or two more).
+    cleaner = result["cleaner"]
+    assert 100 <= cleaner["tasks_deleted"] <= 102
+    assert cleaner["events_deleted"] == 3 * cleaner["tasks_deleted"]
+    assert "dispatches/s, no history -> history" in report["table"]
+    assert "cleaner, a day of history" in report["table"]
 
 
 def test_the_pgbench_script_is_the_dispatch_statement() -> None:

@@ -261,3 +261,30 @@ async def test_dispatch_near_reads_a_band_and_a_box_not_every_ready_task(
     # Bounded: a handful of stations probed, not hundreds; one task taken.
     assert earth["Actual Rows"] * earth["Actual Loops"] < 50, shown
     assert taken == 1
+
+
+@pytest.mark.parametrize(
+    "after", [None, datetime(2000, 1, 1, tzinfo=UTC)], ids=["sweep begins", "sweep goes on"]
+)
+@pytest.mark.parametrize("plan_cache_mode", ["force_custom_plan", "force_generic_plan"])
+async def test_the_cleaner_reads_the_head_of_the_finished_index(
+    pool: asyncpg.Pool, plan_cache_mode: str, after: datetime | None
+) -> None:
+    """Retention deletes a batch found at the head of tasks_finished_idx, and their events by task: never a
+    scan of all history, which would make each batch cost as much as the history is long."""
+    await insert_completed(pool)
+    await pool.execute("UPDATE tasks SET finished_at = completed_at - interval '30 days'")
+    await pool.execute(
+        "INSERT INTO task_events (task_id, event, at) SELECT id, e, completed_at FROM tasks, "
+        "unnest(ARRAY['approved', 'assigned', 'completed']) e"
+    )
+    await pool.execute("ANALYZE tasks, task_events")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL plan_cache_mode = {plan_cache_mode}")
+        explained = await conn.fetchval(
+            f"EXPLAIN (FORMAT JSON) {sql.text('task_delete_finished')}", timedelta(days=7), 1000, None, after
+        )
+    plan = json.loads(explained)[0]["Plan"]
+    indexes = {node["Index Name"] for node in nodes(plan) if "Index Name" in node}
+    assert {"tasks_finished_idx", "task_events_task_idx"} <= indexes, json.dumps(plan, indent=1)
+    assert not [node for node in nodes(plan) if node["Node Type"] == "Seq Scan"], json.dumps(plan, indent=1)

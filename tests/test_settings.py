@@ -82,6 +82,11 @@ def test_environment_wins_over_env_file(tmp_path: Path) -> None:
             "invalid DATABASE_URL: not a postgresql:// or postgres:// URL",
         ),
         (
+            {"READ_DATABASE_URL": "mysql://app:s3cret@replica/bikes"},
+            "invalid READ_DATABASE_URL: not a postgresql:// or postgres:// URL",
+        ),
+        ({"RETENTION_DAYS": "0"}, "invalid RETENTION_DAYS='0': Expected `float` > 0.0"),
+        (
             {"POOL_MIN_SIZE": "30", "POOL_MAX_SIZE": "20"},
             "invalid settings: POOL_MIN_SIZE must not exceed POOL_MAX_SIZE",
         ),
@@ -143,3 +148,5 @@ def test_safe_database_url_hides_the_password(url: str | None, safe: str) -> Non
     shown = Settings(database_url=url).safe_database_url
     assert shown == safe
     assert "s3" not in shown
+    if url is not None:
+        assert Settings(read_database_url=url).safe_read_database_url == safe

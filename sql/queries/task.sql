@@ -93,7 +93,7 @@ SELECT * FROM created;
 -- get 409.
 WITH canceled AS (
     UPDATE tasks
-    SET status = 'canceled', lease_expires_at = NULL
+    SET status = 'canceled', lease_expires_at = NULL, finished_at = coalesce($3::timestamptz, now())
     WHERE id = $1 AND status IN ('ready', 'assigned', 'stalled')
     RETURNING *
 ),
@@ -112,7 +112,8 @@ SELECT false, * FROM unchanged;
 -- Finish a task held by $2 (any holder when null) under lease $3 (any when null), at $4, by $5.
 WITH completed AS (
     UPDATE tasks
-    SET status = 'completed', completed_at = coalesce($4::timestamptz, now()), lease_expires_at = NULL
+    SET status = 'completed', completed_at = coalesce($4::timestamptz, now()), lease_expires_at = NULL,
+        finished_at = coalesce($4::timestamptz, now())
     WHERE id = $1
       AND status = 'assigned'
       AND ($2::text IS NULL OR worker_id = $2::text)
@@ -129,6 +130,38 @@ unchanged AS (
 SELECT true AS changed, * FROM completed
 UNION ALL
 SELECT false, * FROM unchanged;
+
+-- name: task_delete_finished :one
+-- Retention: delete up to $2 tasks that finished (completed, canceled, failed) more than $1 before $3, oldest
+-- first, from $4 on (null: the oldest), with their events; returns how many of each and the last finished_at
+-- deleted, which the maintenance loop passes as $4 to the next batch of a sweep: each batch then starts where
+-- the last one ended instead of stepping over the index entries of every row deleted before it (they stay in
+-- the index until vacuum), and a sweep costs as many rows as it deletes. Each call is its own short
+-- transaction. SKIP LOCKED: a row an operator is retrying right now is left for the next sweep.
+WITH doomed AS (
+    SELECT array_agg(id) AS ids, max(finished_at) AS last
+    FROM (
+        SELECT id, finished_at
+        FROM tasks
+        WHERE finished_at IS NOT NULL
+          AND finished_at < coalesce($3::timestamptz, now()) - $1::interval
+          AND ($4::timestamptz IS NULL OR finished_at >= $4::timestamptz)
+        ORDER BY finished_at
+        LIMIT $2
+        FOR UPDATE SKIP LOCKED
+    ) batch
+),
+-- By `= ANY(ids)`, not a join with the batch: the planner then looks each id up in the index whatever it
+-- believes of the batch's size (a join was planned as a scan of all history). Deleted here rather than by the
+-- foreign key's cascade, so they are counted; the cascade then finds none.
+events AS (
+    DELETE FROM task_events WHERE task_id = ANY((SELECT ids FROM doomed)::bigint[]) RETURNING 1
+),
+deleted AS (
+    DELETE FROM tasks WHERE id = ANY((SELECT ids FROM doomed)::bigint[]) RETURNING 1
+)
+SELECT (SELECT count(*) FROM deleted) AS tasks, (SELECT count(*) FROM events) AS events,
+       (SELECT last FROM doomed) AS last;
 
 -- name: task_dispatch :one
 -- Assign the best available ready task to worker $1 for $2 seconds: highest effective priority (priority +
@@ -429,7 +462,8 @@ WITH failed AS (
         dispatch_key = NULL,
         picked_up_at = NULL,
         available_at = coalesce($7::timestamptz, now())
-            + make_interval(secs => least($5::double precision * 2 ^ attempts, 3600))
+            + make_interval(secs => least($5::double precision * 2 ^ attempts, 3600)),
+        finished_at = CASE WHEN attempts + 1 >= $6 THEN coalesce($7::timestamptz, now()) END
     WHERE id = $1
       AND status = 'assigned'
       AND worker_id = $2
@@ -609,7 +643,9 @@ rescued AS (
         lease_id = NULL,
         lease_expires_at = NULL,
         dispatch_key = NULL,
-        available_at = coalesce($3::timestamptz, now())
+        available_at = coalesce($3::timestamptz, now()),
+        finished_at = CASE WHEN t.picked_up_at IS NULL AND t.attempts + 1 >= $1 THEN coalesce($3::timestamptz, now())
+                      END
     FROM expired e
     WHERE t.id = e.id
     RETURNING t.*
@@ -634,7 +670,7 @@ WITH retried AS (
     UPDATE tasks
     SET status = 'ready', attempts = 0, worker_id = NULL, assigned_at = NULL, lease_id = NULL,
         lease_seconds = NULL, lease_expires_at = NULL, dispatch_key = NULL, picked_up_at = NULL,
-        completed_at = NULL,
+        completed_at = NULL, finished_at = NULL,
         available_at = greatest(coalesce($3::timestamptz, now()), not_before)
     WHERE id = $1 AND status IN ('failed', 'canceled', 'stalled')
     RETURNING *

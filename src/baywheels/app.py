@@ -39,6 +39,9 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, AppState]]:
         pool = await db.create_pool(settings)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
+        read_pool = await db.create_read_pool(settings, pool)
+        if read_pool is not pool:
+            log.info("read_pool_open", database=settings.safe_read_database_url)
         if not settings.auth_on:
             log.warning("auth_off", detail=AUTH_OFF_WARNING)
         guard = Guard(settings, pool)
@@ -50,7 +53,14 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
         await listener.start()
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
         restore_signals = shutdown.drain_on_signals(dispatcher, events) if serving else None
-        state = AppState(settings=settings, pool=pool, dispatcher=dispatcher, guard=guard, events=events)
+        state = AppState(
+            settings=settings,
+            pool=pool,
+            read_pool=read_pool,
+            dispatcher=dispatcher,
+            guard=guard,
+            events=events,
+        )
         try:
             yield {STATE_KEY: state}
         finally:
@@ -64,11 +74,12 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             # statements in flight (tasks given back), half for the pool, then its connections are cut.
             cleanup = settings.shutdown_cleanup_seconds / 2
             await dispatcher.stop(within=cleanup)
-            try:
-                await asyncio.wait_for(pool.close(), cleanup)
-            except TimeoutError:
-                pool.terminate()
-                log.warning("pool_terminated", after_seconds=cleanup)
+            for each in {read_pool, pool}:
+                try:
+                    await asyncio.wait_for(each.close(), cleanup)
+                except TimeoutError:
+                    each.terminate()
+                    log.warning("pool_terminated", after_seconds=cleanup)
             log.info("pool_closed")
 
     routes = [

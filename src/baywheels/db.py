@@ -1,5 +1,6 @@
-"""The connection pool and the migration runner."""
+"""The connection pools (the primary's, a read replica's) and the migration runner."""
 
+import time
 from typing import Any, cast
 
 import asyncpg
@@ -167,13 +168,88 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     back to the pool looking open: Pool above deals with that."""
 
 
+# What a read replica answers when it is down or unreachable (DatabaseUnreachable, a connect timeout
+# included), restarting, or cancelled a read that conflicted with the recovery it replays (40001): the read
+# is run on the primary instead. Not the TimeoutError of a busy pool or a slow statement: moving such a read
+# to the primary would only add its wait to the primary's.
+REPLICA_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.SerializationError,
+    ConnectionError,
+)
+
+
+class ReplicaPool(Pool):
+    """The pool of READ_DATABASE_URL, for list and history reads (the handlers' ``read_pool``). When the
+    replica cannot answer (REPLICA_UNAVAILABLE) the read goes to the primary's pool, and so does every read
+    for the next RETRY_AFTER seconds, so a replica that is down costs one failed attempt per period, not one
+    per read. The reads are paged index scans the primary served before there was a replica; an operator's
+    console stays up through a replica's restart or re-seeding, and what it reads then is fresher, never
+    staler."""
+
+    __slots__ = ("_down_until", "_pause", "_primary")
+
+    def __init__(self, dsn: str, *, primary: asyncpg.Pool, pause: float, **kwargs: Any) -> None:
+        super().__init__(dsn, **kwargs)
+        self._primary = primary
+        self._pause = pause
+        self._down_until = 0.0
+
+    async def _read(self, method: str, query: str, *args: Any, **kwargs: Any) -> Any:
+        if time.monotonic() < self._down_until:
+            return await getattr(self._primary, method)(query, *args, **kwargs)
+        try:
+            return await getattr(super(), method)(query, *args, **kwargs)
+        except REPLICA_UNAVAILABLE as exc:
+            log.warning(
+                "read_replica_unavailable",
+                error=f"{type(exc).__name__}: {exc}",
+                primary_for_seconds=self._pause,
+            )
+            self._down_until = time.monotonic() + self._pause
+            return await getattr(self._primary, method)(query, *args, **kwargs)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._read("fetch", query, *args, **kwargs)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._read("fetchrow", query, *args, **kwargs)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        return await self._read("fetchval", query, *args, **kwargs)
+
+
+async def create_read_pool(settings: Settings, primary: asyncpg.Pool) -> asyncpg.Pool:
+    """The pool of READ_DATABASE_URL, or the primary's when it is unset. It opens no connection before the
+    first read (a replica that is down at start-up must not stop the service). It goes through a pooler when
+    DATABASE_URL does (DIRECT_DATABASE_URL set), with the same limits as the primary's pool."""
+    if settings.read_database_url is None:
+        return primary
+    pool = _pool(
+        settings, settings.read_database_url, 0, ReplicaPool, primary=primary, pause=settings.retry_after
+    )
+    await pool
+    return pool
+
+
 async def create_pool(settings: Settings) -> asyncpg.Pool:
     """Connections are opened lazily past POOL_MIN_SIZE and re-opened after the database restarts."""
+    pool = _pool(settings, dsn(settings), settings.pool_min_size, Pool)
+    await pool
+    return pool
+
+
+def _pool(settings: Settings, dsn: str, min_size: int, kind: type[Pool], **extra: Any) -> Pool:
     # What asyncpg.create_pool does, with our class; the defaults it would pass are spelled out.
-    pool = Pool(
-        dsn(settings),
+    return kind(
+        dsn,
+        **extra,
         acquire_timeout=settings.pool_acquire_timeout,
-        min_size=settings.pool_min_size,
+        min_size=min_size,
         max_size=settings.pool_max_size,
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
@@ -190,8 +266,6 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         connect=connect,
         reset=_keep_session,
     )
-    await pool
-    return pool
 
 
 async def migrate(dsn: str) -> list[int]:

@@ -2,7 +2,7 @@
 ``internal/maintenance`` does. Every instance runs the loop, but only the holder of one PostgreSQL advisory
 lock (on its own connection) runs the jobs; the others poll the lock and take over when its connection goes
 away. Each job is a small object with an interval and one query: lease rescue, due-task announcements,
-suggestion expiry, the station feed's refresh (GBFS_URL) and priority aging today; retention later.
+suggestion expiry, the station feed's refresh (GBFS_URL), priority aging and retention (RETENTION_DAYS).
 
 After an outage (the leader lost the database and got it back) the jobs hear how long it lasted: lease
 rescue then spares, for a grace as long as the outage (capped at LEASE_GRACE_MAX_SECONDS), the leases that
@@ -11,6 +11,7 @@ ran out while the database was unreachable, so a holder whose complete got 503 a
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from . import db, gbfs, queries
-from .metrics import TRANSITIONS
+from .metrics import RETENTION_DELETED, TRANSITIONS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -212,6 +213,38 @@ class PriorityAging(Job):
         return raised == self.batch
 
 
+class Retention(Job):
+    """Deletes finished tasks and their events RETENTION_DAYS after they finished, a batch per transaction,
+    so no lock is held for long and history's size never reaches dispatch. While batches come back full it
+    runs again at once (the other jobs still take their turns between batches); one log line per sweep."""
+
+    name = "retention"
+    interval = 60.0
+    batch = 1000
+
+    def __init__(self, settings: Settings, now: Callable[[], datetime | None] = lambda: None) -> None:
+        assert settings.retention_days is not None
+        self._keep = timedelta(days=settings.retention_days)
+        # The database's clock (None) unless a test sets one.
+        self._now = now
+        self._swept = [0, 0]
+        # Where the sweep under way has got to (None: a new sweep starts from the oldest).
+        self._after: datetime | None = None
+
+    async def run(self, conn: queries.Conn) -> bool:
+        deleted = await queries.task_delete_finished(conn, self._keep, self.batch, self._now(), self._after)
+        RETENTION_DELETED.labels("tasks").inc(deleted.tasks)
+        RETENTION_DELETED.labels("task_events").inc(deleted.events)
+        self._swept[0] += deleted.tasks
+        self._swept[1] += deleted.events
+        more = deleted.tasks == self.batch
+        self._after = deleted.last if more else None
+        if not more and self._swept[0]:
+            log.info("retention_deleted", tasks=self._swept[0], task_events=self._swept[1])
+            self._swept = [0, 0]
+        return more
+
+
 def default_jobs(settings: Settings) -> list[Job]:
     jobs: list[Job] = [LeaseRescue(settings), DueAnnouncer(settings)]
     if settings.suggestion_ttl is not None:
@@ -220,6 +253,8 @@ def default_jobs(settings: Settings) -> list[Job]:
         jobs.append(FeedRefresh(settings))
     if settings.priority_aging_minutes > 0 and settings.priority_aging_max > 0:
         jobs.append(PriorityAging(settings))
+    if settings.retention_days is not None:
+        jobs.append(Retention(settings))
     return jobs
 
 

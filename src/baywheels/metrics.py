@@ -37,6 +37,12 @@ TRANSITIONS = Counter(
     "baywheels_task_transitions_total", "Task state changes made by this process.", ["event"]
 )
 
+RETENTION_DELETED = Counter(
+    "baywheels_retention_deleted_total",
+    "Rows deleted by retention (RETENTION_DAYS), by table.",
+    ["table"],
+)
+
 
 def exposition() -> Response:
     if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:

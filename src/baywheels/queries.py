@@ -4,7 +4,7 @@ transaction; rows become Structs here and nowhere else. Task queries whose outco
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -432,6 +432,25 @@ async def task_complete(
     return _change(await conn.fetchrow(_TASK_COMPLETE, task_id, worker_id, lease_id, now, actor))
 
 
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """One batch of retention: rows deleted, and the last finished_at among them (None when none was)."""
+
+    tasks: int
+    events: int
+    last: datetime | None
+
+
+async def task_delete_finished(
+    conn: Conn, older_than: timedelta, limit: int, now: datetime | None = None, after: datetime | None = None
+) -> Deleted:
+    """Delete up to ``limit`` tasks that finished more than ``older_than`` before ``now``, from ``after`` on
+    (the previous batch's ``last``), with their events."""
+    row = await conn.fetchrow(_TASK_DELETE_FINISHED, older_than, limit, now, after)
+    assert row is not None
+    return Deleted(row["tasks"], row["events"], row["last"])
+
+
 async def task_dispatch(
     conn: Conn,
     worker_id: str,
@@ -723,6 +742,7 @@ _TASK_AGE = _query_text("task_age", "one")
 _TASK_APPROVE_MANY = _query_text("task_approve_many", "many")
 _TASK_CANCEL = _query_text("task_cancel", "one")
 _TASK_COMPLETE = _query_text("task_complete", "one")
+_TASK_DELETE_FINISHED = _query_text("task_delete_finished", "one")
 _TASK_DISPATCH = _query_text("task_dispatch", "one")
 _TASK_DISPATCH_KEY_LOCK = _query_text("task_dispatch_key_lock", "exec")
 _TASK_DISPATCH_MANY = _query_text("task_dispatch_many", "many")

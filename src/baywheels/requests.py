@@ -34,6 +34,12 @@ def pool(request: Request) -> asyncpg.Pool:
     return app_state(request).pool
 
 
+def read_pool(request: Request) -> asyncpg.Pool:
+    """For list and history reads, which may lag the caller's own writes: the read replica's pool when
+    READ_DATABASE_URL is set, else the same pool."""
+    return app_state(request).read_pool
+
+
 def _decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
     decoder = _decoders.get(type_)
     if decoder is None:

@@ -23,7 +23,7 @@ DatabaseUrl = Annotated[str, Meta(pattern="^postgres(ql)?://", description="post
 # `limits` notation: "100/second", "20/second;600/minute".
 RateLimit = Annotated[str, Meta(min_length=1, max_length=200)]
 # Never echoed in an error, a log line or anywhere else.
-SECRETS = frozenset({"database_url", "admin_api_key"})
+SECRETS = frozenset({"database_url", "direct_database_url", "read_database_url", "admin_api_key"})
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -98,6 +98,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Seconds from SIGTERM to exit: waiting long-polls are answered at once, requests in flight get this long
     # less a reserve for closing the pool (a quarter of it, 1 to 5 s).
     shutdown_grace_seconds: Annotated[int, Meta(ge=2, le=3600)] = 20
+    # Finished tasks (completed, canceled, failed) and their events are deleted this many days after they
+    # finished, by the maintenance loop in batches. Unset: kept forever.
+    retention_days: Annotated[float, Meta(gt=0, le=36500)] | None = None
+    # Reads of lists and history (GET /tasks, /suggestions, /task/{id}/events) go to this hot standby; the
+    # rest, and every read that must see the caller's own write, stays on DATABASE_URL. Unset: one pool.
+    read_database_url: DatabaseUrl | None = None
     # Who may call what (README, "Who may do what"). Off only explicitly: local experiments, the benchmark.
     auth: Literal["on", "off"] = "on"
     # Accepted as an admin's credential whenever set (compose, a Kubernetes secret).
@@ -193,11 +199,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     @property
     def safe_database_url(self) -> str:
         """The DSN with any password replaced, for logs."""
-        if self.database_url is None:
-            return "embedded"
-        masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.database_url)
-        # libpq and asyncpg also take the password as a query parameter.
-        return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
+        return "embedded" if self.database_url is None else _masked(self.database_url)
+
+    @property
+    def safe_read_database_url(self) -> str | None:
+        return None if self.read_database_url is None else _masked(self.read_database_url)
+
+
+def _masked(dsn: str) -> str:
+    masked = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", dsn)
+    # libpq and asyncpg also take the password as a query parameter.
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", masked)
 
 
 def load(environ: Mapping[str, str] | None = None, env_file: str | Path = ".env") -> Settings:
@@ -228,7 +240,7 @@ def _settings(raw: dict[str, object]) -> Settings:
         if match:
             name = match[1].upper()
             message = message[: match.start()]
-            if name in ("DATABASE_URL", "DIRECT_DATABASE_URL"):  # may carry a password: never echoed
+            if name in ("DATABASE_URL", "DIRECT_DATABASE_URL", "READ_DATABASE_URL"):  # may carry a password
                 raise SettingsError(f"invalid {name}: not a postgresql:// or postgres:// URL") from None
             if name == "DATABASE_URL":  # may carry a password: never echoed
                 raise SettingsError("invalid DATABASE_URL: not a postgresql:// or postgres:// URL") from None

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 class AppState:
     settings: Settings
     pool: asyncpg.Pool
+    # READ_DATABASE_URL's pool for list and history reads; the primary's pool itself when it is unset.
+    read_pool: asyncpg.Pool
     dispatcher: Dispatcher
     guard: "Guard"
     events: "EventHub"

@@ -21,7 +21,7 @@ from ..models import (
     SuggestionOutcome,
     SuggestionPage,
 )
-from ..requests import pool
+from ..requests import pool, read_pool
 from ..responses import MsgspecResponse
 
 endpoints = Endpoints("suggestions")
@@ -34,7 +34,7 @@ endpoints = Endpoints("suggestions")
     roles=("ml", "viewer", "operator", "admin"),
 )
 async def list_suggestions(request: Request, query: SuggestionPage) -> Response:
-    return MsgspecResponse(await queries.suggestion_list(pool(request), query.after_id, query.limit))
+    return MsgspecResponse(await queries.suggestion_list(read_pool(request), query.after_id, query.limit))
 
 
 @endpoints.post(

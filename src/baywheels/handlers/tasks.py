@@ -23,7 +23,7 @@ from ..models import (
     TaskEvent,
     TaskPage,
 )
-from ..requests import path_id, pool
+from ..requests import path_id, pool, read_pool
 from ..responses import MsgspecResponse
 from ..state import app_state
 from ..transitions import answer
@@ -215,12 +215,13 @@ async def get_task(request: Request) -> Response:
 @endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent], roles=READERS)
 async def task_events(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
-    db = pool(request)
     bound = bound_worker(request)
     if bound is not None:
         await _visible_task(request, task_id)
-    events = await queries.task_event_list(db, task_id)
-    if not events and bound is None and await queries.task_get(db, task_id) is None:
+    # History from the replica; whether the task exists from the primary, so one approved a moment ago is
+    # never a 404 (its events may lag: an empty list then).
+    events = await queries.task_event_list(read_pool(request), task_id)
+    if not events and bound is None and await queries.task_get(pool(request), task_id) is None:
         raise NotFound(f"Task with id {task_id} not found")
     return MsgspecResponse(events)
 
@@ -242,7 +243,10 @@ async def list_tasks(request: Request, query: TaskPage) -> Response:
         if worker_id is not None and worker_id != bound:
             raise Forbidden(f"This key belongs to worker '{bound}': it lists only that worker's tasks")
         worker_id = bound
+    # A worker's own list reads its own writes (what it holds after a dispatch): from the primary. The rest
+    # may lag, from the replica.
+    db = read_pool(request) if bound is None else pool(request)
     tasks = await queries.task_list(
-        pool(request), query.status, worker_id, query.after_id, query.limit, stale=query.flag == "stale"
+        db, query.status, worker_id, query.after_id, query.limit, stale=query.flag == "stale"
     )
     return MsgspecResponse(tasks)
