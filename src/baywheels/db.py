@@ -1,12 +1,15 @@
 """The connection pool and the migration runner."""
 
+from time import perf_counter
 from typing import Any, cast
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
+from prometheus_client import Histogram
 
 from . import queries, sql
+from .metrics import STATEMENT_SECONDS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -46,6 +49,68 @@ class DatabaseUnreachable(asyncpg.ClientCannotConnectError):
     with many OSError kinds (ConnectionRefusedError, socket.gaierror, a plain OSError for EHOSTUNREACH or for
     asyncio's "Multiple exceptions" when every address of a name fails); any OSError while connecting means
     this, and only then, so errors.py can answer 503 for it without answering 503 for every OSError."""
+
+
+def _statement_observers() -> dict[str, Histogram]:
+    """The latency histogram's child of each named query, by its text: queries.py passes the very string
+    objects sql.py read, so a lookup hashes nothing new."""
+    return {query.text: STATEMENT_SECONDS.labels(name) for name, query in sql.queries().items()}
+
+
+_OBSERVERS = _statement_observers()
+_OTHER = STATEMENT_SECONDS.labels("other")  # BEGIN and COMMIT, type introspection, migrations
+
+
+_NAMES = {query.text: name for name, query in sql.queries().items()}
+
+
+def query_name(text: str) -> str:
+    """The name of the query in sql/queries with this text, else "other"."""
+    return _NAMES.get(text, "other")
+
+
+class TimedConnection(asyncpg.Connection):
+    """Every statement timed into baywheels_db_statement_duration_seconds under its query's name: a
+    perf_counter pair and one observe each, nothing more (this is every dispatch's path)."""
+
+    __slots__ = ()
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().execute(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().fetch(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().fetchrow(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().fetchval(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+
+def connection_class(settings: Settings) -> type[asyncpg.Connection]:
+    """Timed statements; traced too when OTEL_EXPORTER_OTLP_ENDPOINT is set (tracing.py, imported then)."""
+    if settings.tracing_on:
+        from . import tracing  # OpenTelemetry is imported only when tracing is on
+
+        return tracing.TracedConnection
+    return TimedConnection
 
 
 async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
@@ -178,7 +243,7 @@ async def create_pool(settings: Settings) -> asyncpg.Pool:
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
-        connection_class=asyncpg.Connection,
+        connection_class=connection_class(settings),
         record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,

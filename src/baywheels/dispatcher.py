@@ -23,7 +23,7 @@ import asyncpg
 import structlog
 
 from . import queries
-from .metrics import WAITERS
+from .metrics import DISPATCH_BATCH, WAITERS
 from .models import Task
 from .settings import Settings
 
@@ -192,6 +192,7 @@ class Dispatcher:
         Only for a request that does not wait: a long poll can be cancelled when its client leaves, and a
         statement cancelled under it could leave its task assigned to nobody until the lease ran out."""
         self._inflight += 1
+        DISPATCH_BATCH.observe(1)
         try:
             task = await queries.task_dispatch(self._pool, worker_id, lease_seconds, None, actor=actor)
         except BaseException:
@@ -253,6 +254,7 @@ class Dispatcher:
         self._pump()
 
     async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
+        DISPATCH_BATCH.observe(len(batch))
         if len(batch) > 1:
             return await queries.task_dispatch_many(
                 self._pool,

@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from . import db, queries
-from .metrics import TRANSITIONS
+from .metrics import REAPER_LAST_RUN, REAPER_RESCUED, TRANSITIONS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -88,6 +88,8 @@ class LeaseRescue(Job):
         for task in rescued:
             log.info("lease_expired", task_id=task.id, status=task.status, attempts=task.attempts)
         TRANSITIONS.labels("lease_expired").inc(len(rescued))
+        REAPER_RESCUED.observe(len(rescued))
+        REAPER_LAST_RUN.set(time.time())
         return len(rescued) == self.batch
 
 
@@ -116,6 +118,7 @@ class Maintenance:
         self._settings = settings
         self._dsn = db.session_dsn(settings)  # not through a transaction pooler
         self.jobs = jobs
+        self._connection_class = db.connection_class(settings)  # its statements timed (and traced) too
         # When this process last heard from the database (time.monotonic()), and whether it lost it since:
         # together they date an outage.
         self._last_contact: float | None = None
@@ -128,7 +131,10 @@ class Maintenance:
         while True:
             try:
                 conn = await db.connect(
-                    self._dsn, timeout=self._settings.db_connect_timeout, server_settings=db.SERVER_SETTINGS
+                    self._dsn,
+                    timeout=self._settings.db_connect_timeout,
+                    server_settings=db.SERVER_SETTINGS,
+                    connection_class=self._connection_class,
                 )
                 try:
                     while not await self._try_lock(conn):  # noqa: ASYNC110 (polls the lock)

@@ -125,6 +125,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_public: bool = False
     # Origins a browser may call from (comma-separated), for a dashboard served elsewhere. Empty: none.
     cors_origins: str = ""
+    # OpenTelemetry: set, requests and their SQL statements are traced to this OTLP/HTTP collector (the other
+    # OTEL_* variables are read by the OpenTelemetry SDK). Unset: tracing is off and costs nothing.
+    otel_exporter_otlp_endpoint: str | None = None
     # TLS terminated by the service itself; both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -164,6 +167,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def behind_pooler(self) -> bool:
         """DATABASE_URL is a transaction pooler: see ``direct_database_url``."""
         return self.direct_database_url is not None
+
+    @property
+    def tracing_on(self) -> bool:
+        return self.otel_exporter_otlp_endpoint is not None
 
     @property
     def shutdown_cleanup_seconds(self) -> int:
