@@ -95,8 +95,8 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
         )
     ]
     if settings.tracing_on:
-        # Inside RequestContext, which sets the request id the span carries.
-        middleware.append(Middleware(tracing.Tracing))
+        # Around RequestContext, so that its lines (the access log's, a 500's) are written in the span.
+        middleware.insert(0, Middleware(tracing.Tracing))
     if settings.cors_origin_list:
         # A dashboard on another origin; preflights are answered here, before any credential is asked for.
         middleware.append(

@@ -86,8 +86,8 @@ _HEADERS = _Headers()
 
 
 class Tracing:
-    """ASGI middleware, inside RequestContext (so the request id is known): one server span per request,
-    named by its route's template, with the request id, the status, and any exception that escaped."""
+    """ASGI middleware around RequestContext: one server span per request, named by its route's template,
+    with the request id (which RequestContext sets, in this same task's context) and the status."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -97,11 +97,7 @@ class Tracing:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        attributes = {
-            "http.request.method": method,
-            "url.path": scope["path"],
-            "baywheels.request_id": REQUEST_ID.get() or "",
-        }
+        attributes = {"http.request.method": method, "url.path": scope["path"]}
         parent = propagate.extract(scope, getter=_HEADERS)
         with _tracer.start_as_current_span(
             method, context=parent, kind=SpanKind.SERVER, attributes=attributes
@@ -117,6 +113,7 @@ class Tracing:
             try:
                 await self.app(scope, receive, send_status)
             finally:
+                span.set_attribute("baywheels.request_id", REQUEST_ID.get() or "")
                 route = scope.get("route")
                 if isinstance(route, Route):
                     span.update_name(f"{method} {route.path}")
