@@ -87,6 +87,9 @@ async def test_the_reaper_reports_its_passes_and_what_it_rescued(
         tasks = await make_tasks(client, 3)
         held = [await dispatch(client, f"w{n}") for n in range(3)]
         assert {t["id"] for t in held} == {t["id"] for t in tasks}
+        # The second one's bikes are on the van: its lease running out stalls it.
+        body = {"worker_id": held[1]["worker_id"], "lease_id": held[1]["lease_id"]}
+        assert (await client.post(f"/task/{held[1]['id']}/pickup", json=body)).status_code == 200
         await expire_leases(pool, held[0]["id"], held[1]["id"])
 
         async def rescued() -> bool:
@@ -95,10 +98,12 @@ async def test_the_reaper_reports_its_passes_and_what_it_rescued(
         await until(rescued)
         assert await metric(client, "baywheels_reaper_rescued_tasks_count") >= 2  # passes, most with nothing
         assert await metric(client, 'baywheels_reaper_rescued_tasks_bucket{le="0.0"}') >= 1
+        assert await metric(client, 'baywheels_reaper_rescued_total{status="ready"}') == 1
+        assert await metric(client, 'baywheels_reaper_rescued_total{status="stalled"}') == 1
         last_run = await metric(client, "baywheels_reaper_last_run_timestamp_seconds", default=None)
         assert started <= last_run <= time.time()
         statuses = await pool.fetch("SELECT id, status FROM tasks ORDER BY id")
-        assert sorted(r["status"] for r in statuses) == ["assigned", "ready", "ready"]
+        assert sorted(r["status"] for r in statuses) == ["assigned", "ready", "stalled"]
 
 
 async def test_the_pool_in_use_idle_and_waiting(server: LiveServer, pool: asyncpg.Pool) -> None:

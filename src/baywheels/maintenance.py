@@ -18,7 +18,7 @@ import asyncpg
 import structlog
 
 from . import db, queries
-from .metrics import REAPER_LAST_RUN, REAPER_RESCUED, TRANSITIONS
+from .metrics import REAPER_LAST_RUN, REAPER_OUTCOMES, REAPER_RESCUED, TRANSITIONS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -87,6 +87,7 @@ class LeaseRescue(Job):
         rescued = await queries.task_rescue_expired(conn, self._max_attempts, self.batch, spared=self._spared)
         for task in rescued:
             log.info("lease_expired", task_id=task.id, status=task.status, attempts=task.attempts)
+            REAPER_OUTCOMES.labels(task.status).inc()
         TRANSITIONS.labels("lease_expired").inc(len(rescued))
         REAPER_RESCUED.observe(len(rescued))
         REAPER_LAST_RUN.set(time.time())

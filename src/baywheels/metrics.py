@@ -72,6 +72,11 @@ REAPER_RESCUED = Histogram(
     "Tasks whose lease had run out, taken back by one pass of the reaper (_count: its passes).",
     buckets=(0, 1, 10, 100, 1000),
 )
+REAPER_OUTCOMES = Counter(
+    "baywheels_reaper_rescued",
+    "Tasks the reaper took back, by the state each went to (ready, stalled: bikes on a van, failed).",
+    ["status"],
+)
 REAPER_LAST_RUN = Gauge(
     "baywheels_reaper_last_run_timestamp_seconds",
     "Unix time of the reaper's last finished pass (0 where this instance does not lead it).",
