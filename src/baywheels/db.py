@@ -1,5 +1,7 @@
 """The connection pool and the migration runner."""
 
+import math
+import time
 from time import perf_counter
 from typing import Any, cast
 
@@ -182,11 +184,21 @@ class Pool(asyncpg.Pool):
 
     The shortcuts are asyncpg's own (acquire, one call, release) plus that retry: no extra work per call."""
 
-    __slots__ = ("_acquire_timeout",)
+    __slots__ = ("_acquire_timeout", "_replaced_at")
 
     def __init__(self, dsn: str, *, acquire_timeout: float, **kwargs: Any) -> None:
         super().__init__(dsn, **kwargs)
         self._acquire_timeout = acquire_timeout
+        self._replaced_at = -math.inf
+
+    async def replace_connections(self, at_most_every: float) -> None:
+        """Every open connection is closed and opened anew on its next use (asyncpg's expire_connections), at
+        most once per ``at_most_every`` seconds: a session that must not be reused (read-only, on a standby)
+        is replaced, without a new connection per request while the database stays that way."""
+        now = time.monotonic()
+        if now - self._replaced_at >= at_most_every:
+            self._replaced_at = now
+            await self.expire_connections()
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return _Acquire(self, self._acquire_timeout if timeout is None else timeout)
