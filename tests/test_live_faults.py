@@ -20,10 +20,10 @@ import pytest
 
 from baywheels import db
 from baywheels.embedded import EmbeddedPostgres
+from bench.pgbouncer import ensure_pgbouncer, pgbouncer
 from conftest import LiveServer
 from fleet import instances
 from helpers import ADMIN, until
-from pgbouncer import ensure_pgbouncer, pgbouncer
 from proxy import Balancer, Proxy
 
 RETRY_AFTER = "1"

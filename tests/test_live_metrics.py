@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from conftest import LiveServer
-from helpers import dispatch, expire_leases, make_tasks, metric, until
+from helpers import dispatch, expire_leases, make_tasks, metric, until, wait_for_lock_waiters
 
 POOL_MAX = 4
 
@@ -35,27 +35,37 @@ def server(database_url: str, tmp_path: Path) -> Iterator[LiveServer]:
 
 
 async def test_statements_and_batches_are_counted_by_query(server: LiveServer) -> None:
+    statement = 'baywheels_db_statement_duration_seconds_count{query="task_dispatch"}'
+    approve = 'baywheels_db_statement_duration_seconds_count{query="task_approve_many"}'
     async with server.client() as client:
-        await make_tasks(client, 3)
+        await make_tasks(client, 4)
         for n in range(3):
             await dispatch(client, f"w{n}")
-        # Each dispatch that found a free statement slot ran the single-row statement alone.
-        statement = 'baywheels_db_statement_duration_seconds_count{query="task_dispatch"}'
+        # Each dispatch that found a free statement slot ran the single-row statement alone, outside the
+        # queue: the queue's batch sizes saw none of them.
         assert await metric(client, statement) == 3
-        assert (
-            await metric(client, 'baywheels_db_statement_duration_seconds_count{query="task_approve_many"}')
-            == 1
+        assert await metric(client, approve) == 1
+        assert await metric(client, "baywheels_dispatch_batch_size_count") == 0
+        # A keyed dispatch goes through the queue, alone: a batch of one.
+        keyed = await client.post(
+            "/dispatch/next", json={"worker_id": "w9"}, headers={"Idempotency-Key": "k"}
         )
-        assert await metric(client, "baywheels_dispatch_batch_size_count") == 3
-        assert await metric(client, 'baywheels_dispatch_batch_size_bucket{le="1.0"}') == 3
-        assert await metric(client, "baywheels_dispatch_batch_size_sum") == 3
-        # A statement's time is under the bucket of its duration: some are counted, none are negative.
+        assert keyed.status_code == 200
+        assert await metric(client, statement) == 4
+        assert await metric(client, "baywheels_dispatch_batch_size_count") == 1
+        assert await metric(client, 'baywheels_dispatch_batch_size_bucket{le="1.0"}') == 1
+        assert await metric(client, "baywheels_dispatch_batch_size_sum") == 1
+        # Each statement's time is in the histogram.
+        every = 'baywheels_db_statement_duration_seconds_bucket{le="+Inf",query="task_dispatch"}'
+        assert await metric(client, every, default=None) == 4
         assert await metric(client, 'baywheels_db_statement_duration_seconds_sum{query="task_dispatch"}') > 0
 
 
 async def test_a_queue_of_dispatches_goes_in_batches(server: LiveServer, pool: asyncpg.Pool) -> None:
     """Two statement slots (DISPATCH_CONCURRENCY) held by a lock: the requests behind them queue up, and go
-    together in one task_dispatch_many once the lock is gone."""
+    together in task_dispatch_many once the lock is gone."""
+    many = 'baywheels_db_statement_duration_seconds_count{query="task_dispatch_many"}'
+    single = 'baywheels_db_statement_duration_seconds_count{query="task_dispatch"}'
     async with server.client() as client:
         await make_tasks(client, 10)
         async with pool.acquire() as conn, conn.transaction():
@@ -64,19 +74,15 @@ async def test_a_queue_of_dispatches_goes_in_batches(server: LiveServer, pool: a
                 asyncio.ensure_future(client.post("/dispatch/next", json={"worker_id": f"w{n}"}))
                 for n in range(10)
             ]
-
-            async def queued() -> bool:
-                return await metric(client, "baywheels_dispatch_batch_size_count") == 2
-
-            await until(queued)  # two statements sent, the other eight requests queued behind them
+            # Both statements sent and blocked (and the reaper's): the others queue behind them.
+            await wait_for_lock_waiters(pool, 3)
         assert [r.status_code for r in await asyncio.gather(*answers)] == [200] * 10
-        assert await metric(client, "baywheels_dispatch_batch_size_sum") == 10
         batches = await metric(client, "baywheels_dispatch_batch_size_count")
-        assert 3 <= batches <= 4  # the eight went in one or two statements
-        assert (
-            await metric(client, 'baywheels_db_statement_duration_seconds_count{query="task_dispatch_many"}')
-            >= 1
-        )
+        in_batches = await metric(client, "baywheels_dispatch_batch_size_sum")
+        coalesced = await metric(client, many)
+        assert coalesced >= 1
+        # Every worker served once: by the queue's statements, or alone (single-row statements outside it).
+        assert in_batches + await metric(client, single) - (batches - coalesced) == 10
 
 
 async def test_the_reaper_reports_its_passes_and_what_it_rescued(

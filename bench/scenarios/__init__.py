@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from ..context import Context
-from . import auth, complete, dispatch, ingest_approve, longpoll, sustained
+from . import auth, complete, dispatch, ingest_approve, longpoll, pgbouncer, sustained
 
 Scenario = Callable[[Context], Awaitable[msgspec.Struct]]
 
@@ -20,4 +20,5 @@ SCENARIOS: dict[str, Scenario] = {
     "longpoll": longpoll.run,
     "sustained": sustained.run,
     "auth": auth.run,
+    "pgbouncer": pgbouncer.run,
 }

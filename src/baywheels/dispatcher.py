@@ -192,7 +192,6 @@ class Dispatcher:
         Only for a request that does not wait: a long poll can be cancelled when its client leaves, and a
         statement cancelled under it could leave its task assigned to nobody until the lease ran out."""
         self._inflight += 1
-        DISPATCH_BATCH.observe(1)
         try:
             task = await queries.task_dispatch(self._pool, worker_id, lease_seconds, None, actor=actor)
         except BaseException:
