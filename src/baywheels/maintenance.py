@@ -119,7 +119,6 @@ class Maintenance:
         self._settings = settings
         self._dsn = db.session_dsn(settings)  # not through a transaction pooler
         self.jobs = jobs
-        self._connection_class = db.connection_class(settings)  # its statements timed (and traced) too
         # When this process last heard from the database (time.monotonic()), and whether it lost it since:
         # together they date an outage.
         self._last_contact: float | None = None
@@ -135,7 +134,8 @@ class Maintenance:
                     self._dsn,
                     timeout=self._settings.db_connect_timeout,
                     server_settings=db.SERVER_SETTINGS,
-                    connection_class=self._connection_class,
+                    # Its statements timed, not traced: a pass every second would be a trace every second.
+                    connection_class=db.TimedConnection,
                 )
                 try:
                     while not await self._try_lock(conn):  # noqa: ASYNC110 (polls the lock)
