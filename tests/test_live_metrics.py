@@ -143,3 +143,21 @@ async def test_the_pool_in_use_idle_and_waiting(server: LiveServer, pool: asyncp
         assert await metric(client, "baywheels_db_pool_waiting") == 0
         assert await metric(client, 'baywheels_db_pool_connections{state="in_use"}') == 0
         assert await metric(client, 'baywheels_db_pool_connections{state="idle"}') == POOL_MAX
+
+
+async def test_several_worker_processes_add_up_their_pools(database_url: str, tmp_path: Path) -> None:
+    """With WORKERS=2 one process answers the scrape; each writes its pool's figures every few seconds."""
+    env = {"WORKERS": "2", "POOL_MIN_SIZE": "1", "POOL_MAX_SIZE": str(POOL_MAX), "DISPATCH_CONCURRENCY": "2"}
+    live = LiveServer(database_url, env=env, log_path=tmp_path / "serve.log")
+    await asyncio.to_thread(live.start)
+    try:
+        async with live.client() as client:
+
+            async def both() -> bool:
+                return await metric(client, "baywheels_db_pool_max_connections") == 2 * POOL_MAX
+
+            await until(both, within=30)
+            assert await metric(client, 'baywheels_db_pool_connections{state="in_use"}', default=None) == 0
+            assert await metric(client, 'baywheels_db_pool_connections{state="idle"}', default=None) >= 2
+    finally:
+        await asyncio.to_thread(live.stop)
