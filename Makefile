@@ -61,8 +61,9 @@ fmt: install ## Format and auto-fix
 
 lock: install ## Re-resolve requirements*.lock from pyproject.toml
 	$(BIN)/python -m pip install --quiet uv
-	for extra in "" "--extra dev"; do \
-	  out=requirements$${extra:+-dev}.lock; \
+	@# The image's lock has the tracing extra: OTEL_EXPORTER_OTLP_ENDPOINT then works without a rebuild.
+	for pair in "requirements.lock:tracing" "requirements-dev.lock:dev"; do \
+	  out=$${pair%%:*}; extra="--extra $${pair#*:}"; \
 	  $(BIN)/uv pip compile pyproject.toml $$extra --python-version 3.11 --generate-hashes --quiet \
 	    --no-emit-package django --no-emit-package asgiref --no-emit-package sqlparse -o $$out; \
 	done

@@ -61,10 +61,13 @@ class Context:
         return self.templates[kind]
 
     @contextlib.asynccontextmanager
-    async def service(self, url: str, pool: int, env: dict[str, str] | None = None) -> AsyncIterator[Service]:
+    async def service(
+        self, url: str, pool: int, env: dict[str, str] | None = None, direct_url: str | None = None
+    ) -> AsyncIterator[Service]:
         """The service on ``url``; with AUTH=off unless ``env`` says otherwise: the scenarios of record
         measure the service's own work, as before authentication existed, and the `auth` scenario measures
-        what authentication costs beside it."""
+        what authentication costs beside it. ``direct_url``: the database itself when ``url`` is a pooler
+        (where the harness looks for the service's LISTEN connections)."""
         env = {
             "AUTH": "off",
             "POOL_MAX_SIZE": str(pool),
@@ -78,7 +81,7 @@ class Context:
         try:
             # /readyz answered: one worker is up. Each has a dispatcher LISTENing once it is.
             async with asyncio.timeout(30):
-                while (await self.server.fetchrow(url, "bench_listeners"))[0] < self.workers:  # noqa: ASYNC110
+                while (await self.server.fetchrow(direct_url or url, "bench_listeners"))[0] < self.workers:  # noqa: ASYNC110
                     await asyncio.sleep(0.05)  # polling other processes' start-up, with a deadline
             yield svc
         finally:

@@ -13,6 +13,7 @@ from .scenarios.dispatch import PEER_WORKERS, Ladder, PeerRun, Point
 from .scenarios.history import History
 from .scenarios.ingest_approve import IngestApprove
 from .scenarios.longpoll import Longpoll
+from .scenarios.pgbouncer import PgBouncerCost
 from .scenarios.sustained import Sustained
 
 # The supply of ids ran out before the time did: the rate is a lower bound.
@@ -76,6 +77,8 @@ def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table
             auth_rows(out, result)
         elif isinstance(result, History):
             history_rows(out, result)
+        elif isinstance(result, PgBouncerCost):
+            pgbouncer_rows(out, result)
         else:
             raise TypeError(f"no rows for scenario {name} ({type(result).__name__})")
     return out
@@ -240,6 +243,25 @@ def auth_rows(table: Table, result: AuthCost) -> None:
         f"{off.latency_us.p99 / 1000:.1f} -> {on.latency_us.p99 / 1000:.1f}",
     )
     table.add("AUTH on, errors (non-200 + socket)", f"{on.failures}")
+
+
+def pgbouncer_rows(table: Table, result: PgBouncerCost) -> None:
+    table.section(
+        f"PgBouncer (transaction mode, no named prepared statements), dispatch at c={result.connections}"
+    )
+    if result.direct is None or result.pgbouncer is None or result.pgbouncer_over_direct is None:
+        table.add("direct -> through PgBouncer", f"skipped: {result.skipped}")
+        return
+    direct, pooled = result.direct, result.pgbouncer
+    table.add(
+        "direct -> through PgBouncer, dispatches/s",
+        f"{num(direct.rate)} -> {num(pooled.rate)}  ({100 * result.pgbouncer_over_direct:.1f} %)",
+    )
+    table.add(
+        "direct -> through PgBouncer, latency p99, ms",
+        f"{direct.latency_us.p99 / 1000:.1f} -> {pooled.latency_us.p99 / 1000:.1f}",
+    )
+    table.add("through PgBouncer, errors (non-200 + socket)", f"{pooled.failures}")
 
 
 def sustained_rows(table: Table, result: Sustained) -> None:

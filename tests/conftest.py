@@ -24,6 +24,7 @@ import pytest
 
 from baywheels import db, settings
 from baywheels.app import create_app
+from baywheels.embedded import EmbeddedPostgres
 from helpers import ADMIN, ADMIN_KEY, AUTH_ENV, embedded_postgres_dir, in_process
 
 
@@ -222,6 +223,18 @@ class LiveServer:
     def _log_tail(self) -> str:
         assert self.log_path is not None
         return self.log_path.read_text(errors="replace")[-2000:]
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[EmbeddedPostgres]:
+    """A PostgreSQL server of the test's own (embedded, in a temporary folder), which it may restart or stop:
+    never the shared one."""
+    with embedded_postgres_dir() as folder:
+        server = EmbeddedPostgres(folder, delete_on_stop=True)
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

@@ -6,15 +6,38 @@ assigned twice, none lost, every answered task held by the worker that was answe
 import asyncio
 import json
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
+from conftest import LiveServer
 from helpers import ADMIN_KEY
+from proxy import Balancer
 
 NO_ANSWER = 0  # the status recorded for a request whose connection was cut before its answer
+
+
+@asynccontextmanager
+async def instances(
+    database_url: str, count: int, env: dict[str, str], logs: Path
+) -> AsyncIterator[tuple[list[LiveServer], Balancer]]:
+    """``count`` instances of `baywheels serve` on ``database_url``, started together, behind a balancer."""
+    servers = [LiveServer(database_url, env=env, log_path=logs / f"instance{n}.log") for n in range(count)]
+    try:
+        await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
+        balancer = Balancer([server.port for server in servers])
+        await balancer.start()
+        try:
+            yield servers, balancer
+        finally:
+            await balancer.stop()
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers))
 
 
 class Connection:

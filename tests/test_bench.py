@@ -69,6 +69,7 @@ ROWS = [
     "first 1 s -> last 1 s, dispatches/s",
     "ready-index blocks per dispatch, first -> last",
     "AUTH=off -> on, dispatches/s",
+    "direct -> through PgBouncer, dispatches/s",
 ]
 
 
@@ -96,11 +97,12 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "sustained",
         "auth",
         "history",
+        "pgbouncer",
     }
     # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers;
-    # then the auth scenario's two runs (AUTH=off, auth on);
-    # then the history scenario's three (each side's dispatch, the cleaner).
-    assert len(report["invariants"]) == 21
+    # then the auth scenario's two runs (AUTH=off, auth on); the history scenario's three (each side's
+    # dispatch, the cleaner); and the pgbouncer scenario's (direct, through).
+    assert len(report["invariants"]) == 23
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
     assert [inv["scenario"] for inv in report["invariants"]][:8] == [
         "pgbench c=1",
@@ -147,6 +149,7 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "sustained",
         "auth",
         "history",
+        "pgbouncer",
     }
     # Authentication's cost is measured: both runs answered, and the ratio is reported.
     cost = report["results"]["auth"]
@@ -154,6 +157,11 @@ async def test_every_scenario_runs_and_the_invariant_holds(
     assert cost["on"]["statuses"].get("200", 0) > 0
     assert set(cost["on"]["statuses"]) <= {"200", "404"}, cost["on"]["statuses"]
     assert cost["on_over_off"] > 0
+    # PgBouncer's too (CI installs it, as the deployment tests do).
+    through = report["results"]["pgbouncer"]
+    assert through["direct"]["statuses"].get("200", 0) > 0
+    assert through["pgbouncer"]["statuses"].get("200", 0) > 0
+    assert through["pgbouncer_over_direct"] > 0
 
 
 async def test_the_history_scenario_compares_both_sides_and_cleans_a_day(

@@ -4,7 +4,6 @@ twice. The database is an embedded server of this test's own, never a shared one
 
 import asyncio
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -14,22 +13,12 @@ import pytest
 from baywheels import db
 from baywheels.embedded import EmbeddedPostgres
 from conftest import LiveServer
-from helpers import ADMIN, embedded_postgres_dir, until
+from helpers import ADMIN, until
 
 RETRY_AFTER = "1"
 RESTARTS = 3
 WORKERS = 32
 TASKS = 20_000
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[EmbeddedPostgres]:
-    with embedded_postgres_dir() as folder:
-        server = EmbeddedPostgres(folder, delete_on_stop=True)
-        try:
-            yield server
-        finally:
-            server.stop()
 
 
 @pytest.fixture

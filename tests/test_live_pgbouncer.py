@@ -9,10 +9,10 @@ import asyncpg
 import httpx
 import pytest
 
+from bench.pgbouncer import ensure_pgbouncer, pgbouncer
 from conftest import LiveServer
 from fleet import Fleet, assert_each_answered_once, ready_tasks
 from helpers import ADMIN, until
-from pgbouncer import ensure_pgbouncer, pgbouncer
 
 
 @pytest.fixture

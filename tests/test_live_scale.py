@@ -6,34 +6,14 @@ Each test checks the outcome in SQL afterwards (fleet.py)."""
 import asyncio
 import re
 import signal
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import httpx
 
 from conftest import LiveServer
-from fleet import Fleet, assert_completed_once, assert_each_answered_once, ready_tasks
+from fleet import Fleet, assert_completed_once, assert_each_answered_once, instances, ready_tasks
 from helpers import ADMIN, until
-from proxy import Balancer
-
-
-@asynccontextmanager
-async def instances(
-    database_url: str, count: int, env: dict[str, str], logs: Path
-) -> AsyncIterator[tuple[list[LiveServer], Balancer]]:
-    servers = [LiveServer(database_url, env=env, log_path=logs / f"instance{n}.log") for n in range(count)]
-    try:
-        await asyncio.gather(*(asyncio.to_thread(server.start) for server in servers))
-        balancer = Balancer([server.port for server in servers])
-        await balancer.start()
-        try:
-            yield servers, balancer
-        finally:
-            await balancer.stop()
-    finally:
-        await asyncio.gather(*(asyncio.to_thread(server.stop) for server in servers))
 
 
 async def metric(server: LiveServer, name: str) -> float:

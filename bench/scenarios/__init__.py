@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from ..context import Context
-from . import auth, complete, dispatch, history, ingest_approve, longpoll, sustained
+from . import auth, complete, dispatch, history, ingest_approve, longpoll, pgbouncer, sustained
 
 Scenario = Callable[[Context], Awaitable[msgspec.Struct]]
 
@@ -21,4 +21,5 @@ SCENARIOS: dict[str, Scenario] = {
     "sustained": sustained.run,
     "auth": auth.run,
     "history": history.run,
+    "pgbouncer": pgbouncer.run,
 }

@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, openapi, protocol, shutdown
+from . import db, logs, metrics, openapi, protocol, shutdown
 from . import settings as config
 from .auth import Guard
 from .dispatcher import Dispatcher
@@ -34,9 +34,13 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
     """``serving``: under uvicorn in a process of its own, where SIGTERM drains the dispatcher first
     (shutdown.py); not in tests that run the app in-process."""
     db.dsn(settings)  # fails here, not at start-up, when there is none
+    if settings.tracing_on:
+        from . import tracing  # OpenTelemetry is imported only when tracing is on
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[Mapping[str, AppState]]:
+        if settings.tracing_on:
+            tracing.start(settings)
         pool = await db.create_pool(settings)
         log.info("pool_open", database=settings.safe_database_url, max_size=settings.pool_max_size)
         read_pool = await db.create_read_pool(settings, pool)
@@ -52,6 +56,10 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
         listener.subscribe(events)
         await listener.start()
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
+        # With several worker processes, whichever answers /metrics reads the others' pools from their files.
+        sampler = None
+        if metrics.multiprocess_mode():
+            sampler = asyncio.create_task(metrics.sample_pool_every(pool))
         restore_signals = shutdown.drain_on_signals(dispatcher, events) if serving else None
         state = AppState(
             settings=settings,
@@ -67,7 +75,9 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             if restore_signals is not None:
                 restore_signals()
             maintenance.cancel()
-            await asyncio.gather(maintenance, return_exceptions=True)
+            if sampler is not None:
+                sampler.cancel()
+            await asyncio.gather(maintenance, *([sampler] if sampler else []), return_exceptions=True)
             await events.stop()
             await listener.stop()
             # What is left of SHUTDOWN_GRACE_SECONDS once uvicorn has waited for the requests: half for the
@@ -81,6 +91,8 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
                     each.terminate()
                     log.warning("pool_terminated", after_seconds=cleanup)
             log.info("pool_closed")
+            if settings.tracing_on:
+                tracing.stop()
 
     routes = [
         *(endpoint.route() for endpoint in ENDPOINTS),
@@ -98,6 +110,9 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             access_log=settings.access_log,
         )
     ]
+    if settings.tracing_on:
+        # Around RequestContext, so that its lines (the access log's, a 500's) are written in the span.
+        middleware.insert(0, Middleware(tracing.Tracing))
     if settings.cors_origin_list:
         # A dashboard on another origin; preflights are answered here, before any credential is asked for.
         middleware.append(
@@ -135,7 +150,7 @@ def from_environment() -> Starlette:
     """The app of one worker process when `serve` runs several (uvicorn's factory): each builds its own from
     the environment, where the parent has put the DATABASE_URL it resolved."""
     settings = config.load()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, trace_ids=settings.tracing_on)
     protocol.configure(settings)
     app = create_app(settings, serving=True)
     serving_gc()

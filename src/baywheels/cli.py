@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.SettingsError as exc:
         print(f"baywheels: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, trace_ids=settings.tracing_on)
     if args.command == "serve":
         serve(settings, migrate=not args.no_migrate)
     elif args.command == "keys":

@@ -1,13 +1,17 @@
 """The connection pools (the primary's, a read replica's) and the migration runner."""
 
+import math
 import time
+from time import perf_counter
 from typing import Any, cast
 
 import asyncpg
 import structlog
 from asyncpg.pool import PoolAcquireContext, PoolConnectionProxy
+from prometheus_client import Histogram
 
 from . import queries, sql
+from .metrics import STATEMENT_SECONDS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -47,6 +51,68 @@ class DatabaseUnreachable(asyncpg.ClientCannotConnectError):
     with many OSError kinds (ConnectionRefusedError, socket.gaierror, a plain OSError for EHOSTUNREACH or for
     asyncio's "Multiple exceptions" when every address of a name fails); any OSError while connecting means
     this, and only then, so errors.py can answer 503 for it without answering 503 for every OSError."""
+
+
+def _statement_observers() -> dict[str, Histogram]:
+    """The latency histogram's child of each named query, by its text: queries.py passes the very string
+    objects sql.py read, so a lookup hashes nothing new."""
+    return {query.text: STATEMENT_SECONDS.labels(name) for name, query in sql.queries().items()}
+
+
+_OBSERVERS = _statement_observers()
+_OTHER = STATEMENT_SECONDS.labels("other")  # BEGIN and COMMIT, type introspection, migrations
+
+
+_NAMES = {query.text: name for name, query in sql.queries().items()}
+
+
+def query_name(text: str) -> str:
+    """The name of the query in sql/queries with this text, else "other"."""
+    return _NAMES.get(text, "other")
+
+
+class TimedConnection(asyncpg.Connection):
+    """Every statement timed into baywheels_db_statement_duration_seconds under its query's name: a
+    perf_counter pair and one observe each, nothing more (this is every dispatch's path)."""
+
+    __slots__ = ()
+
+    async def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().execute(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+    async def fetch(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().fetch(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+    async def fetchrow(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().fetchrow(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+    async def fetchval(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        started = perf_counter()
+        try:
+            return await super().fetchval(query, *args, **kwargs)
+        finally:
+            _OBSERVERS.get(query, _OTHER).observe(perf_counter() - started)
+
+
+def connection_class(settings: Settings) -> type[asyncpg.Connection]:
+    """Timed statements; traced too when OTEL_EXPORTER_OTLP_ENDPOINT is set (tracing.py, imported then)."""
+    if settings.tracing_on:
+        from . import tracing  # OpenTelemetry is imported only when tracing is on
+
+        return tracing.TracedConnection
+    return TimedConnection
 
 
 async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
@@ -118,11 +184,21 @@ class Pool(asyncpg.Pool):
 
     The shortcuts are asyncpg's own (acquire, one call, release) plus that retry: no extra work per call."""
 
-    __slots__ = ("_acquire_timeout",)
+    __slots__ = ("_acquire_timeout", "_replaced_at")
 
     def __init__(self, dsn: str, *, acquire_timeout: float, **kwargs: Any) -> None:
         super().__init__(dsn, **kwargs)
         self._acquire_timeout = acquire_timeout
+        self._replaced_at = -math.inf
+
+    async def replace_connections(self, at_most_every: float) -> None:
+        """Every open connection is closed and opened anew on its next use (asyncpg's expire_connections), at
+        most once per ``at_most_every`` seconds: a session that must not be reused (read-only, on a standby)
+        is replaced, without a new connection per request while the database stays that way."""
+        now = time.monotonic()
+        if now - self._replaced_at >= at_most_every:
+            self._replaced_at = now
+            await self.expire_connections()
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
         return _Acquire(self, self._acquire_timeout if timeout is None else timeout)
@@ -254,7 +330,7 @@ def _pool(settings: Settings, dsn: str, min_size: int, kind: type[Pool], **extra
         max_queries=50000,
         max_inactive_connection_lifetime=300.0,
         loop=None,
-        connection_class=asyncpg.Connection,
+        connection_class=connection_class(settings),
         record_class=asyncpg.Record,
         command_timeout=settings.db_command_timeout,
         timeout=settings.db_connect_timeout,

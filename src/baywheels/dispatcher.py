@@ -29,7 +29,7 @@ import asyncpg
 import structlog
 
 from . import queries
-from .metrics import WAITERS
+from .metrics import DISPATCH_BATCH, WAITERS
 from .models import Position, Task
 from .settings import Settings
 
@@ -279,6 +279,7 @@ class Dispatcher:
         self._pump()
 
     async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
+        DISPATCH_BATCH.observe(len(batch))
         if len(batch) > 1:
             many = await self._claiming(
                 lambda: queries.task_dispatch_many(

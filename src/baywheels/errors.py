@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from .db import Pool
 from .responses import MsgspecResponse
 from .state import app_state
 
@@ -88,6 +89,7 @@ _CONSTRAINT_DETAILS = {
 # - TimeoutError: no pool connection free within POOL_ACQUIRE_TIMEOUT, or a statement past
 #   DB_COMMAND_TIMEOUT (a database too slow to answer).
 # - ConnectionError: a socket refused or reset outside a connect (asyncpg's cancel requests).
+# - InsufficientResourcesError (SQLSTATE class 53): the disk full (53100), out of memory (53200).
 # Not OSError as a whole: a FileNotFoundError or PermissionError is a fault of ours, a 500.
 DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
@@ -95,6 +97,7 @@ DATABASE_UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
+    asyncpg.InsufficientResourcesError,
     TimeoutError,
     ConnectionError,
 )
@@ -153,6 +156,20 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     return error_response(503, "Database unavailable, retry later", {"Retry-After": retry_after})
 
 
+async def _read_only(request: Request, exc: Exception) -> Response:
+    """A write refused by a read-only database (25006): after a failover that left DATABASE_URL on a standby,
+    or a primary set read-only (a full disk, maintenance). A session stays read-only even once writes are
+    possible again (the setting is taken when it starts), so the pool replaces its connections (at most once
+    per Retry-After): the requests after that reach whatever DATABASE_URL leads to then."""
+    log.warning("database_read_only", error=f"{type(exc).__name__}: {exc}")
+    state = app_state(request)
+    if isinstance(state.pool, Pool):
+        await state.pool.replace_connections(at_most_every=state.settings.retry_after)
+    return error_response(
+        503, "Database is read-only, retry later", {"Retry-After": str(state.settings.retry_after)}
+    )
+
+
 EXCEPTION_HANDLERS = {
     ServiceError: _service_error,
     HTTPException: _http_exception,
@@ -163,4 +180,5 @@ EXCEPTION_HANDLERS = {
     asyncpg.DataError: _invalid_value,  # PostgreSQL's data exceptions (SQLSTATE class 22)
     asyncpg.exceptions._base.DataError: _invalid_value,  # asyncpg's own, when encoding an argument
     **dict.fromkeys(DATABASE_UNAVAILABLE, _database_unavailable),
+    asyncpg.ReadOnlySQLTransactionError: _read_only,
 }

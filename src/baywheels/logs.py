@@ -28,7 +28,8 @@ def output_format(fmt: str | None) -> str:
     return "console" if sys.stderr.isatty() else "json"
 
 
-def configure(level: str, fmt: str | None) -> None:
+def configure(level: str, fmt: str | None, *, trace_ids: bool = False) -> None:
+    """``trace_ids``: tracing is on, and each line names the trace and span it was written in."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if output_format(fmt) == "json"
@@ -41,6 +42,10 @@ def configure(level: str, fmt: str | None) -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if trace_ids:
+        from .tracing import add_trace_ids  # OpenTelemetry only when tracing is on
+
+        shared.insert(1, add_trace_ids)
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),

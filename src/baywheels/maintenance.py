@@ -20,7 +20,7 @@ import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from . import db, gbfs, queries
-from .metrics import RETENTION_DELETED, TRANSITIONS
+from .metrics import REAPER_LAST_RUN, REAPER_OUTCOMES, REAPER_RESCUED, RETENTION_DELETED, TRANSITIONS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -92,7 +92,10 @@ class LeaseRescue(Job):
         rescued = await queries.task_rescue_expired(conn, self._max_attempts, self.batch, spared=self._spared)
         for task in rescued:
             log.info("lease_expired", task_id=task.id, status=task.status, attempts=task.attempts)
+            REAPER_OUTCOMES.labels(task.status).inc()
         TRANSITIONS.labels("lease_expired").inc(len(rescued))
+        REAPER_RESCUED.observe(len(rescued))
+        REAPER_LAST_RUN.set(time.time())
         return len(rescued) == self.batch
 
 
@@ -282,7 +285,11 @@ class Maintenance:
         while True:
             try:
                 conn = await db.connect(
-                    self._dsn, timeout=self._settings.db_connect_timeout, server_settings=db.SERVER_SETTINGS
+                    self._dsn,
+                    timeout=self._settings.db_connect_timeout,
+                    server_settings=db.SERVER_SETTINGS,
+                    # Its statements timed, not traced: a pass every second would be a trace every second.
+                    connection_class=db.TimedConnection,
                 )
                 try:
                     while not await self._try_lock(conn):  # noqa: ASYNC110 (polls the lock)

@@ -2,8 +2,11 @@
 values to files in PROMETHEUS_MULTIPROC_DIR, which `serve` sets before it starts them, and whichever worker
 answers /metrics adds them all up."""
 
+import asyncio
 import os
+from typing import Any
 
+import asyncpg
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -43,9 +46,84 @@ RETENTION_DELETED = Counter(
     ["table"],
 )
 
+# Where the time goes in the database. A statement is timed on its connection, from sending it to its result
+# (acquiring the connection is not in it: the pool's gauges show that wait).
+STATEMENT_SECONDS = Histogram(
+    "baywheels_db_statement_duration_seconds",
+    "Time of one SQL statement, by the name of its query in sql/queries (other: not a named query).",
+    ["query"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+# Only the statements of the dispatcher's queue: a dispatch that runs alone on a free statement slot (the
+# common case at low concurrency) is not observed here, which would cost it a third more instrumentation.
+# Those are the task_dispatch statements above less this histogram's single-worker ones.
+DISPATCH_BATCH = Histogram(
+    "baywheels_dispatch_batch_size",
+    "Workers served by one statement of the dispatch queue (1: a lone or keyed waiter; more: coalesced).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000),
+)
+# The pool, read when /metrics is scraped (and, with several worker processes, every few seconds by each).
+POOL_CONNECTIONS = Gauge(
+    "baywheels_db_pool_connections",
+    "Pool connections: in_use (handed out, or opening for a request) and idle (open, waiting in the pool).",
+    ["state"],
+    multiprocess_mode="livesum",
+)
+POOL_MAX = Gauge("baywheels_db_pool_max_connections", "POOL_MAX_SIZE.", multiprocess_mode="livesum")
+POOL_WAITING = Gauge(
+    "baywheels_db_pool_waiting",
+    "Requests waiting for a pool connection (each gives up after POOL_ACQUIRE_TIMEOUT with a 503).",
+    multiprocess_mode="livesum",
+)
+# The maintenance loop's lease rescue (the reaper), on the instance that leads it.
+REAPER_RESCUED = Histogram(
+    "baywheels_reaper_rescued_tasks",
+    "Tasks whose lease had run out, taken back by one pass of the reaper (_count: its passes).",
+    buckets=(0, 1, 10, 100, 1000),
+)
+REAPER_OUTCOMES = Counter(
+    "baywheels_reaper_rescued",
+    "Tasks the reaper took back, by the state each went to (ready, stalled: bikes on a van, failed).",
+    ["status"],
+)
+REAPER_LAST_RUN = Gauge(
+    "baywheels_reaper_last_run_timestamp_seconds",
+    "Unix time of the reaper's last finished pass (0 where this instance does not lead it).",
+    multiprocess_mode="max",
+)
 
-def exposition() -> Response:
-    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+# How often each worker process writes its pool's gauges when several serve /metrics (multiprocess mode).
+POOL_SAMPLE_SECONDS = 5.0
+
+
+def sample_pool(pool: asyncpg.Pool) -> None:
+    """The pool's connections and waiters, now. asyncpg tells no count of waiting acquirers: they are the
+    getters of its queue of connection holders."""
+    queue: Any = getattr(pool, "_queue", None)
+    if queue is None:  # not yet opened, or closed
+        return
+    size = pool.get_max_size()
+    POOL_MAX.set(size)
+    POOL_CONNECTIONS.labels("in_use").set(size - queue.qsize())
+    POOL_CONNECTIONS.labels("idle").set(pool.get_idle_size())
+    POOL_WAITING.set(sum(not getter.done() for getter in queue._getters))
+
+
+async def sample_pool_every(pool: asyncpg.Pool, seconds: float = POOL_SAMPLE_SECONDS) -> None:
+    """With several worker processes, one answers a scrape: the others' pools are as they last wrote them."""
+    while True:
+        sample_pool(pool)
+        await asyncio.sleep(seconds)
+
+
+def multiprocess_mode() -> bool:
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
+def exposition(pool: asyncpg.Pool | None = None) -> Response:
+    if pool is not None:
+        sample_pool(pool)
+    if not multiprocess_mode():
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

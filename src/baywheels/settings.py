@@ -151,6 +151,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     gbfs_refresh_min_seconds: Annotated[float, Meta(ge=0.1, le=86400)] = 15.0
     # Each HTTP request to the feed gives up after this long (the import is refused, tried again later).
     gbfs_timeout_seconds: Annotated[float, Meta(gt=0, le=300)] = 10.0
+    # OpenTelemetry: set, requests and their SQL statements are traced to this OTLP/HTTP collector (the other
+    # OTEL_* variables are read by the OpenTelemetry SDK). Unset: tracing is off and costs nothing.
+    otel_exporter_otlp_endpoint: str | None = None
     # TLS terminated by the service itself; both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -190,6 +193,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def behind_pooler(self) -> bool:
         """DATABASE_URL is a transaction pooler: see ``direct_database_url``."""
         return self.direct_database_url is not None
+
+    @property
+    def tracing_on(self) -> bool:
+        return self.otel_exporter_otlp_endpoint is not None
 
     @property
     def shutdown_cleanup_seconds(self) -> int:

@@ -64,4 +64,4 @@ async def readyz(request: Request) -> Response:
     description="Public with METRICS_PUBLIC=true.",
 )
 async def get_metrics(request: Request) -> Response:
-    return metrics.exposition()
+    return metrics.exposition(pool(request))

@@ -1,6 +1,7 @@
-"""A real PgBouncer (Debian's package) in transaction pooling mode, for the deployment tests: installed when
-missing and we may (root with apt, as the benchmark installs wrk), started on a free port in front of the
-test's PostgreSQL, reached over TCP (a server on a unix socket, the embedded one, through tests/proxy.py)."""
+"""A real PgBouncer (Debian's package) in transaction pooling mode, for the benchmark's `pgbouncer` scenario
+and the deployment tests (tests/pgbouncer.py): installed when missing and we may (root with apt, as the
+benchmark installs wrk), started on a free port in front of a PostgreSQL server, over TCP or its unix
+socket (PgBouncer then runs as the socket folder's owner, who may open it)."""
 
 import asyncio
 import os
@@ -10,11 +11,9 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
-
-from proxy import Proxy
 
 
 def ensure_pgbouncer() -> str | None:
@@ -48,15 +47,13 @@ async def pgbouncer(binary: str, database_url: str, pool_size: int = 4) -> Async
     password = unquote(parts.password or params.get("password") or "")
     database = parts.path.lstrip("/") or params.get("dbname") or user
     host = params.get("host") or parts.hostname or "localhost"
-    async with AsyncExitStack() as stack:
-        if host.startswith("/"):
-            relay = Proxy(database_url)
-            await relay.start()
-            stack.push_async_callback(relay.stop)
-            host, port = "127.0.0.1", relay.port
-        else:
-            port = int(params.get("port") or parts.port or 5432)
-        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pgbouncer-")))
+    port = int(params.get("port") or parts.port or 5432)
+    # PgBouncer will not run as root: as the owner of a unix socket's folder (who may open the socket: the
+    # embedded server's system user), else as postgres.
+    owner = pwd.getpwuid(os.stat(host).st_uid).pw_name if host.startswith("/") else "root"
+    account = "postgres" if owner == "root" else owner
+    with tempfile.TemporaryDirectory(prefix="pgbouncer-") as folder:
+        workdir = Path(folder)
         listen = _free_port()
         config = (
             f"[databases]\n{database} = host={host} port={port} dbname={database}\n"
@@ -66,7 +63,8 @@ async def pgbouncer(binary: str, database_url: str, pool_size: int = 4) -> Async
             f"pool_mode = transaction\ndefault_pool_size = {pool_size}\nmax_client_conn = 2000\n"
             f"logfile = {workdir}/pgbouncer.log\n"
         )
-        process = await asyncio.to_thread(_launch, binary, workdir, config, f'"{user}" "{password}"\n')
+        userlist = f'"{user}" "{password}"\n'
+        process = await asyncio.to_thread(_launch, binary, workdir, config, userlist, account)
         try:
             await _listening(process, listen, workdir)
             credentials = f"{user}:{password}@" if password else f"{user}@"
@@ -76,15 +74,15 @@ async def pgbouncer(binary: str, database_url: str, pool_size: int = 4) -> Async
             await asyncio.to_thread(process.wait, 10)
 
 
-def _launch(binary: str, workdir: Path, config: str, userlist: str) -> subprocess.Popen[bytes]:
+def _launch(binary: str, workdir: Path, config: str, userlist: str, account: str) -> subprocess.Popen[bytes]:
     (workdir / "userlist.txt").write_text(userlist)
     (workdir / "pgbouncer.ini").write_text(config)
     command = [binary, str(workdir / "pgbouncer.ini")]
-    if os.geteuid() == 0:  # PgBouncer will not run as root
-        account = pwd.getpwnam("postgres")
+    if os.geteuid() == 0:
+        owner = pwd.getpwnam(account)
         for path in [workdir, *workdir.iterdir()]:
-            os.chown(path, account.pw_uid, account.pw_gid)
-        command[1:1] = ["-u", "postgres"]
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+        command[1:1] = ["-u", account]
     with (workdir / "stderr.log").open("wb") as stderr:
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
 
