@@ -18,8 +18,9 @@ def _one_station_each(item: dict[str, Any]) -> bool:
 
 @schemathesis.hook
 def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
-    """A suggestion's two stations must differ and each be named once, rules between two fields that JSON
-    Schema cannot state (the schema says them in words): such a batch is refused with 400, as it should be."""
+    """A suggestion's two stations must differ and each be named once, and a van's position has both its
+    coordinates: rules between fields that JSON Schema cannot state (the schema says them in words), refused
+    with 400 as they should be."""
     items = body if isinstance(body, list) else [body]
     suggestions = context.operation is not None and context.operation.path == "/suggestions"
     if suggestions and any(isinstance(item, dict) and not _one_station_each(item) for item in items):
@@ -32,12 +33,20 @@ def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
         for item in items
     ):
         return False
+    # A van's position: lat and lon together, and accuracy_m and load only with them.
+    if isinstance(body, dict) and not _a_position_or_none(body):
+        return False
     # Likewise a key's worker_id: given for a worker key, and for no other role.
     return not (
         isinstance(body, dict)
         and body.get("role") in _ROLES
         and (body.get("role") == "worker") != isinstance(body.get("worker_id"), str)
     )
+
+
+def _a_position_or_none(body: dict[str, Any]) -> bool:
+    given = {name for name in ("lat", "lon", "accuracy_m", "load") if body.get(name) is not None}
+    return not given or {"lat", "lon"} <= given
 
 
 _ROLES = ("worker", "ml", "operator", "viewer", "metrics", "admin")
@@ -71,3 +80,12 @@ def filter_query(context: schemathesis.HookContext, query: Any) -> bool:
         return True
     given = sum(name in query for name in ("lat", "lon", "radius_km"))
     return given in (0, 3)
+
+
+@schemathesis.hook
+def map_query(context: schemathesis.HookContext, query: Any) -> Any:
+    """GET /events follows the feed until the client leaves: asked with follow=false here, it sends what is
+    there and ends, as a request must for the run to go on."""
+    if context.operation is not None and context.operation.path == "/events" and isinstance(query, dict):
+        return {**query, "follow": "false"}
+    return query

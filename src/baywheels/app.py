@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, metrics, openapi, protocol, shutdown
+from . import db, logs, metrics, openapi, overview, protocol, shutdown
 from . import settings as config
 from .auth import Guard
 from .dispatcher import Dispatcher
@@ -68,6 +68,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             dispatcher=dispatcher,
             guard=guard,
             events=events,
+            figures=overview.Cached(),
         )
         try:
             yield {STATE_KEY: state}
