@@ -20,11 +20,11 @@ import string
 import time
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import structlog
@@ -55,6 +55,8 @@ _BASE62_SET = frozenset(_BASE62)
 _CACHE_MAX = 100_000
 
 ADMIN_ACTOR = "env:ADMIN_API_KEY"
+# The cache key of a console session's API key (beside the digests of tokens).
+_SESSION_KEY = b"session-key:"
 
 
 # The key format --------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ class Guard:
         elif verdict.until - now < self._ttl / 4 and hashed not in self._lookups:
             # In the last quarter of its time: renewed in the background while this request goes on, so a key
             # in steady use never makes a request wait for the database (nor is trusted longer).
-            self._look_up(hashed, token)
+            self._look_up(hashed, self._judge(hashed, token))
         caller = verdict.caller
         if caller is None:
             raise Unauthorized(verdict.refusal)
@@ -234,11 +236,13 @@ class Guard:
 
     async def _lookup(self, hashed: bytes, token: str) -> _Verdict:
         # One lookup per token at a time: requests arriving meanwhile share its outcome.
-        return await asyncio.shield(self._lookups.get(hashed) or self._look_up(hashed, token))
+        return await asyncio.shield(
+            self._lookups.get(hashed) or self._look_up(hashed, self._judge(hashed, token))
+        )
 
-    def _look_up(self, hashed: bytes, token: str) -> "asyncio.Future[_Verdict]":
+    def _look_up(self, hashed: bytes, judging: Coroutine[Any, Any, _Verdict]) -> "asyncio.Future[_Verdict]":
         """Start judging a token; its verdict goes into the cache when it comes, whoever waits for it."""
-        pending = self._lookups[hashed] = asyncio.ensure_future(self._judge(hashed, token))
+        pending = self._lookups[hashed] = asyncio.ensure_future(judging)
         pending.add_done_callback(lambda done: self._looked_up(hashed, done))
         return pending
 
@@ -261,16 +265,7 @@ class Guard:
             if key_id is None:
                 # No lookup, and not cached: a mistyped key costs nothing but this check.
                 return _Verdict(0.0, None, "Malformed API key (its checksum does not match)")
-            record = await queries.api_key_authenticate(self._pool, key_id)
-            if record is None or not hmac.compare_digest(bytes(record.digest), hashed):
-                return _Verdict(until, None, "Unknown API key")
-            if record.revoked_at is not None:
-                return _Verdict(until, None, "API key revoked")
-            expires = None if record.expires_at is None else record.expires_at.timestamp()
-            caller = Principal(
-                actor=record.key_id, role=record.role, worker_id=record.worker_id, expires_at=expires
-            )
-            return _Verdict(until, caller)
+            return await self._judge_key(key_id, hashed, until)
         if self._oidc is not None and token.count(".") == 2:
             try:
                 subject, role, expires_at = await self._oidc.verify(token)
@@ -278,6 +273,45 @@ class Guard:
                 return _Verdict(until, None, str(exc))
             return _Verdict(until, Principal(actor=f"oidc:{subject}", role=role, expires_at=expires_at))
         return _Verdict(until, None, "Unknown credential")
+
+    async def _judge_key(self, key_id: str, hashed: bytes | None, until: float) -> _Verdict:
+        """An API key's verdict; ``hashed``, the digest of the token presented, must match the key's (None:
+        a console session's key, whose token was checked at sign-in)."""
+        record = await queries.api_key_authenticate(self._pool, key_id)
+        if record is None or (hashed is not None and not hmac.compare_digest(bytes(record.digest), hashed)):
+            return _Verdict(until, None, "Unknown API key")
+        if record.revoked_at is not None:
+            return _Verdict(until, None, "API key revoked")
+        expires = None if record.expires_at is None else record.expires_at.timestamp()
+        caller = Principal(
+            actor=record.key_id, role=record.role, worker_id=record.worker_id, expires_at=expires
+        )
+        return _Verdict(until, caller)
+
+    async def key_holder(self, key_id: str) -> Principal | None:
+        """Who API key ``key_id`` stands for now (None: unknown, revoked or expired), for a console session
+        signed in with it, through the same cache as a bearer key: revoking the key ends its sessions on every
+        instance within AUTH_CACHE_SECONDS, its expiry at once. Not on the bearer path: a session is a
+        cookie's, checked in the console."""
+        cached = _SESSION_KEY + key_id.encode()  # never 32 bytes long, so never a token's digest
+        verdict = self._cache.get(cached)
+        now = time.monotonic()
+        if verdict is None or verdict.until <= now:
+            pending = self._lookups.get(cached) or self._look_up(
+                cached, self._judge_key(key_id, None, now + self._ttl)
+            )
+            verdict = await asyncio.shield(pending)
+        elif verdict.until - now < self._ttl / 4 and cached not in self._lookups:
+            self._look_up(cached, self._judge_key(key_id, None, now + self._ttl))
+        caller = verdict.caller
+        if caller is None or (caller.expires_at is not None and caller.expires_at <= time.time()):
+            return None
+        return caller
+
+    async def token_holder(self, scope: Scope, token: str) -> Principal:
+        """Who a token stands for (the console's sign-in form), judged as a bearer request's, a refusal
+        counted against the client's IP as a bearer request's: Unauthorized, or TooManyRequests."""
+        return await self._authenticate(scope, b"Bearer " + token.encode("latin-1", "replace"))
 
     @contextmanager
     def long_poll(self, caller: Principal) -> Iterator[None]:

@@ -125,6 +125,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     metrics_public: bool = False
     # Origins a browser may call from (comma-separated), for a dashboard served elsewhere. Empty: none.
     cors_origins: str = ""
+    # The console (/ui): how long a signed-in session lasts (never past its key's or token's expiry).
+    console_session_seconds: Annotated[int, Meta(ge=60, le=30 * 86400)] = 8 * 3600
+    # Map tiles behind the console's map, an XYZ template such as https://tile.example/{z}/{x}/{y}.png. Unset:
+    # a plain background (offline).
+    map_tile_url: Annotated[str, Meta(pattern="^https?://.*\\{z\\}.*\\{x\\}.*\\{y\\}")] | None = None
     # TLS terminated by the service itself; both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
