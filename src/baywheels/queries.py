@@ -138,10 +138,10 @@ async def console_session_create(
     actor: str,
     role: Role,
     key_id: str | None,
-    expires_at: datetime,
+    seconds: float,
     now: datetime | None = None,
 ) -> None:
-    await conn.execute(_CONSOLE_SESSION_CREATE, digest, csrf_token, actor, role, key_id, expires_at, now)
+    await conn.execute(_CONSOLE_SESSION_CREATE, digest, csrf_token, actor, role, key_id, seconds, now)
 
 
 async def console_session_delete(conn: Conn, digest: bytes) -> None:

@@ -12,7 +12,6 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -88,9 +87,8 @@ async def start(request: Request, response: Response, who: Principal, key_id: st
     if who.expires_at is not None:
         lasts = min(lasts, who.expires_at - time.time())
     secret = secrets.token_urlsafe(32)
-    expires_at = datetime.now(UTC) + timedelta(seconds=lasts)
     await queries.console_session_create(
-        pool(request), _digest(secret), secrets.token_urlsafe(32), who.actor, who.role, key_id, expires_at
+        pool(request), _digest(secret), secrets.token_urlsafe(32), who.actor, who.role, key_id, lasts
     )
     response.set_cookie(
         COOKIE,
