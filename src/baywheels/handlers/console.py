@@ -68,6 +68,9 @@ def _ago(when: datetime | None, now: datetime) -> str:
 
 
 _templates.filters["ago"] = _ago
+_templates.filters["stamp"] = lambda when: (
+    "—" if when is None else when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+)
 _templates.filters["iso"] = lambda when: (
     "" if when is None else when.astimezone(UTC).isoformat(timespec="seconds")
 )
