@@ -53,8 +53,8 @@ async def seed_stations(pool: asyncpg.Pool) -> None:
         """
         INSERT INTO stations (id, gbfs_station_id, short_name, name, lat, lon, capacity, num_bikes_available)
         SELECT i, 'gbfs-' || i, 'SF-' || lpad(i::text, 3, '0'), 'Valencia St at ' || (10 + i) || 'th St',
-               37.748 + (i % 5) * 0.0042 + (i % 3) * 0.0009, -122.432 + (i / 5) * 0.0047 + (i % 2) * 0.001, 19,
-               (i * 7) % 20
+               37.748 + (i % 5) * 0.0042 + (i % 3) * 0.0009,
+               -122.432 + (i / 5) * 0.0047 + (i % 2) * 0.001, 19, (i * 7) % 20
         FROM generate_series(1, 40) i
         """
     )
