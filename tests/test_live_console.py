@@ -3,9 +3,8 @@ serve` over HTTP: sign in, approve, cancel and retry, a viewer's view and a view
 form post, the cookie's flags, sign out. Screenshots of the pages go to .artifacts/screenshots/ for a person
 to look at."""
 
-import threading
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import asyncpg
@@ -14,8 +13,8 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from browser import SCREENSHOTS, chromium, ensure_chromium
-from conftest import LiveServer, free_port
-from helpers import json_of, suggest
+from conftest import LiveServer
+from helpers import http_server, json_of, suggest
 
 
 @pytest.fixture(scope="session")
@@ -192,15 +191,8 @@ class _Attacker(BaseHTTPRequestHandler):
 def attacker(live_server: LiveServer) -> Iterator[str]:
     """Another site (localhost, where the console is 127.0.0.1) whose page posts a form to the console."""
     handler = type("Attacker", (_Attacker,), {"target": f"{live_server.url}/ui/tasks/cancel"})
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://localhost:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
+    with http_server(handler) as url:
+        yield url.replace("127.0.0.1", "localhost")
 
 
 async def test_a_cross_site_form_post_is_refused(

@@ -17,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 
 from .. import queries
 from ..auth import Principal
-from ..console import STATIC_DIR, TEMPLATES_DIR, svg
+from ..console import STATIC_DIR, TEMPLATES_DIR, sso, svg
 from ..console import session as sessions
 from ..console.session import ACTING_ROLES, CONSOLE_ROLES, Session
 from ..errors import Conflict, NotFound, TooManyRequests, Unauthorized
@@ -102,6 +102,8 @@ def routes() -> list[BaseRoute]:
     return [
         Route("/ui/signin", signin_form, methods=["GET"]),
         Route("/ui/signin", signin, methods=["POST"]),
+        Route("/ui/sso", sso_begin, methods=["GET"]),
+        Route(sso.CALLBACK, sso_callback, methods=["GET"]),
         *(Route(route.path, _admit(route), methods=[route.method]) for route in ROUTES),
         Mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="console-static"),
     ]
@@ -151,6 +153,7 @@ def _render(
         flash=flash,
         now=datetime.now(UTC),
         path=request.url.path,
+        sso=sso.enabled(app_state(request).settings),
         **context,
     )
     response = HTMLResponse(html, status_code=status)
@@ -199,15 +202,61 @@ async def signin(request: Request) -> Response:
         error = f"That key was refused: {exc.detail}."
     except TooManyRequests:
         error = "Too many attempts: wait a few seconds and try again."
+    return await _open_session(
+        request, who, error, target, who.actor if who and key.startswith("bw_") else None
+    )
+
+
+async def _open_session(
+    request: Request, who: Principal | None, error: str, target: str, key_id: str | None
+) -> Response:
+    """Signed in (a session, and on to ``target``), or the sign-in page again saying why not."""
     if who is not None and who.role not in CONSOLE_ROLES:
         kind = who.role or "role-less"
-        error = f"A {kind} key cannot sign in to the console: use an operator, viewer or admin key."
+        what = "key" if key_id is not None or who.actor.startswith("env:") else "account"
+        error = f"A {kind} {what} cannot sign in to the console: use an operator, viewer or admin {what}."
         who = None
     if who is None:
         return _render(request, "signin.html", None, status=401, next=target, error=error)
     response = RedirectResponse(target, status_code=303)
-    key_id = who.actor if key.startswith("bw_") else None
     await sessions.start(request, response, who, key_id)
+    return response
+
+
+async def sso_begin(request: Request) -> Response:
+    settings = app_state(request).settings
+    if not sso.enabled(settings):
+        return _refusal(request, 404, "Single sign-on is not set up here (OIDC_ISSUER, OIDC_CLIENT_ID).")
+    target = _back(request.query_params.get("next"), "/ui")
+    try:
+        return await sso.begin(request, settings, target)
+    except sso.SsoFailed as exc:
+        return _render(
+            request, "signin.html", None, status=502, next=target, error=f"SSO sign-in failed: {exc}."
+        )
+
+
+async def sso_callback(request: Request) -> Response:
+    settings = app_state(request).settings
+    if not sso.enabled(settings):
+        return _refusal(request, 404, "Single sign-on is not set up here (OIDC_ISSUER, OIDC_CLIENT_ID).")
+    target = "/ui"
+    who: Principal | None = None
+    try:
+        token, target = await sso.finish(request, settings)
+        target = _back(target, "/ui")
+        who = await app_state(request).guard.token_holder(request.scope, token)
+        error = ""
+    except sso.SsoFailed as exc:
+        error = f"SSO sign-in failed: {exc}."
+    except Unauthorized as exc:
+        error = f"SSO sign-in failed: the provider's token was refused ({exc.detail})."
+    except TooManyRequests:
+        error = "Too many attempts: wait a few seconds and try again."
+    response = await _open_session(request, who, error, target, None)
+    response.delete_cookie(
+        sso.COOKIE, path=sso.COOKIE_PATH, secure=request.url.scheme == "https", httponly=True
+    )
     return response
 
 
