@@ -141,6 +141,8 @@ EXAMPLES: dict[str, Example] = {
     "readyz": _const(("GET", "/readyz", None)),
     "get_metrics": _const(("GET", "/metrics", None)),
     "list_suggestions": _const(("GET", "/suggestions", None)),
+    "dismiss": lambda admin, caller: _dismiss(admin),
+    "list_outcomes": _const(("GET", "/suggestions/outcomes", None)),
     "ingest": lambda admin, caller: _ingest(),
     "approve": lambda admin, caller: _approve(admin, many=False),
     "approve_many": lambda admin, caller: _approve(admin, many=True),
@@ -171,6 +173,10 @@ async def _approve(admin: httpx.AsyncClient, many: bool) -> Request:
     if many:
         return "POST", "/tasks/approve", {"suggestion_ids": [suggestion_id]}
     return "POST", "/task/approve", {"suggestion_id": suggestion_id}
+
+
+async def _dismiss(admin: httpx.AsyncClient) -> Request:
+    return "POST", "/suggestions/dismiss", {"suggestion_ids": [await fresh_suggestion(admin)], "reason": "x"}
 
 
 async def _read(admin: httpx.AsyncClient, suffix: str) -> Request:

@@ -11,16 +11,19 @@
 -- The clock is a parameter, `coalesce($n::timestamptz, now())` (as River's queries take it): the service
 -- passes null, tests pass the time they need. The last parameter of each is the actor recorded with the
 -- event (a key id, `oidc:<subject>`, ...: who did it).
+--
+-- A task's ending (completed, failed, canceled) is also its suggestion's outcome (GET /suggestions/outcomes):
+-- the trigger task_events_record_outcome (009_console) writes it from the event.
 
 -- name: task_approve_many :many
--- Turn pending suggestions into ready tasks and delete the suggestions, in one statement. Returns only the
--- tasks this call created: ids approved earlier (or by a racing call, whose DELETE this one waited for) are
--- read afterwards with task_list_by_suggestions, which runs with a fresh snapshot. $2 is the clock, $3 the
--- actor.
+-- Turn pending suggestions into ready tasks and delete the suggestions, recording each as approved, in one
+-- statement. Returns only the tasks this call created: ids approved earlier (or by a racing call, whose DELETE
+-- this one waited for) are read afterwards with task_list_by_suggestions, which runs with a fresh snapshot.
+-- $2 is the clock, $3 the actor.
 WITH approved AS (
     DELETE FROM suggestions
     WHERE id = ANY($1::bigint[])
-    RETURNING id, from_station_id, to_station_id, qty, reason, priority, not_before
+    RETURNING id, from_station_id, to_station_id, qty, reason, priority, not_before, created_at
 ),
 created AS (
     INSERT INTO tasks (
@@ -36,6 +39,16 @@ created AS (
 logged AS (
     INSERT INTO task_events (task_id, event, at, actor)
     SELECT id, 'approved', created_at, $3::text FROM created
+),
+decided AS (
+    INSERT INTO suggestion_outcomes (
+        suggestion_id, outcome, task_id, from_station_id, to_station_id, qty, priority, suggested_at, at, actor
+    )
+    SELECT a.id, 'approved', c.id, a.from_station_id, a.to_station_id, a.qty, a.priority, a.created_at,
+           c.created_at, $3::text
+    FROM approved a
+    JOIN created c ON c.suggestion_id = a.id
+    ORDER BY a.id
 )
 SELECT * FROM created;
 

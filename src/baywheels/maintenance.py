@@ -1,8 +1,8 @@
 """The maintenance loop: periodic jobs that must run in one instance at a time, as River's
 ``internal/maintenance`` does. Every instance runs the loop, but only the holder of one PostgreSQL advisory
 lock (on its own connection) runs the jobs; the others poll the lock and take over when its connection goes
-away. Each job is a small object with an interval and one query: lease rescue and due-task announcements
-today, a station-feed refresh and retention later.
+away. Each job is a small object with an interval and one query: lease rescue, due-task announcements
+and suggestion expiry today, a station-feed refresh and retention later.
 
 After an outage (the leader lost the database and got it back) the jobs hear how long it lasted: lease
 rescue then spares, for a grace as long as the outage (capped at LEASE_GRACE_MAX_SECONDS), the leases that
@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from . import db, queries
 from .metrics import TRANSITIONS
@@ -107,8 +108,45 @@ class DueAnnouncer(Job):
         return False
 
 
+class SuggestionExpiry(Job):
+    """SUGGESTION_TTL: pending suggestions not posted again for that long leave the list, recorded as
+    expired, a small batch per pass so that no pass holds many rows."""
+
+    name = "suggestion_expiry"
+    batch = 500
+
+    def __init__(self, settings: Settings, ttl_seconds: float) -> None:
+        self.interval = max(settings.reaper_interval_seconds, 1.0)
+        self._ttl = ttl_seconds
+
+    async def run(self, conn: queries.Conn) -> bool:
+        assert not isinstance(conn, asyncpg.Pool)  # one connection: the batch is one transaction
+        expired = await expire_suggestions(conn, self._ttl, self.batch)
+        if expired:
+            log.info("suggestions_expired", count=len(expired), first_id=expired[0], last_id=expired[-1])
+        return len(expired) == self.batch
+
+
+async def expire_suggestions(
+    conn: asyncpg.Connection | PoolConnectionProxy,
+    ttl_seconds: float,
+    limit: int,
+    now: datetime | None = None,
+) -> list[int]:
+    """One batch of SUGGESTION_TTL: the ids expired, ascending."""
+    async with conn.transaction():
+        stale = await queries.suggestion_stale(conn, ttl_seconds, limit, now)
+        if not stale:
+            return []
+        reason = f"not updated for {ttl_seconds:g} s"
+        return await queries.suggestion_remove(conn, stale, "expired", reason, now, actor="system")
+
+
 def default_jobs(settings: Settings) -> list[Job]:
-    return [LeaseRescue(settings), DueAnnouncer(settings)]
+    jobs: list[Job] = [LeaseRescue(settings), DueAnnouncer(settings)]
+    if settings.suggestion_ttl is not None:
+        jobs.append(SuggestionExpiry(settings, settings.suggestion_ttl))
+    return jobs
 
 
 class Maintenance:

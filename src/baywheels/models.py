@@ -302,3 +302,156 @@ class TaskPage(Model, frozen=True, kw_only=True):
     worker_id: WorkerId | None = None
     limit: Limit = 100
     after_id: Annotated[int, Meta(ge=0, le=INT64_MAX)] = 0
+
+
+# The operators' console: dismissals, outcomes, the event stream, the overview ------------------------------
+
+DismissReason = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=2000,
+        # Not blank: the ML engine learns from it.
+        pattern="^[^\x00]*[^\x00\\s][^\x00]*$",
+        description="Why the suggestions are dismissed (not blank): the ML engine reads it back.",
+    ),
+]
+
+
+class DismissRequest(Model, frozen=True, kw_only=True):
+    """Dismiss pending suggestions, with one reason, in one transaction."""
+
+    suggestion_ids: Annotated[list[Id], Meta(min_length=1, max_length=1000)]
+    reason: DismissReason
+
+
+class DismissResult(Model, frozen=True, kw_only=True):
+    """The ids this call dismissed, and those that were not pending (approved, dismissed or expired before,
+    or unknown), each in the order given."""
+
+    dismissed: list[int]
+    not_pending: list[int]
+
+
+OutcomeKind = Literal["approved", "dismissed", "expired", "completed", "failed", "canceled"]
+# `<transaction>-<id>` of the last outcome read; "0-0" (the default) is the beginning.
+OUTCOME_CURSOR = r"^[0-9]{1,19}-[0-9]{1,19}$"
+
+
+class OutcomePage(Model, frozen=True, kw_only=True):
+    """Query parameters of `GET /suggestions/outcomes`."""
+
+    after: Annotated[
+        str,
+        Meta(
+            pattern=OUTCOME_CURSOR,
+            description="The `cursor` of the last outcome read; the default `0-0` is the beginning.",
+        ),
+    ] = "0-0"
+    limit: Limit = 100
+
+
+class SuggestionOutcome(Model, frozen=True, kw_only=True):
+    """A change in a suggestion's fate: it left the pending list (`approved`, `dismissed`, `expired`) or its
+    task ended (`completed`, `failed`, `canceled`; a retried task may end again later). `at`, `reason` and
+    `actor` are this change's; the `task_*` fields are the task as it is now. Keep `cursor` to read on."""
+
+    cursor: str
+    suggestion_id: int
+    outcome: OutcomeKind
+    at: datetime
+    reason: str | None
+    actor: str | None
+    from_station_id: int
+    to_station_id: int
+    qty: int
+    priority: int
+    suggested_at: datetime | None
+    task_id: int | None
+    task_status: TaskStatus | None
+    approved_at: datetime | None
+    assigned_at: datetime | None
+    picked_up_at: datetime | None
+    completed_at: datetime | None
+    attempts: int | None
+    worker_id: str | None
+
+
+class EventsQuery(Model, frozen=True, kw_only=True):
+    """Query parameters of `GET /events`."""
+
+    follow: Annotated[
+        bool,
+        Meta(description="false: send the events after `Last-Event-ID` (or `after`) and end, for polling."),
+    ] = True
+    after: (
+        Annotated[
+            int, Meta(ge=0, le=INT64_MAX, description="Resume after this event id, as `Last-Event-ID` does.")
+        ]
+        | None
+    ) = None
+
+
+class LiveEvent(Model, frozen=True, kw_only=True):
+    """The `data` of one server-sent event: a task event (its `id` is the event's `id:`) and the task's
+    status as it was when the stream read it."""
+
+    id: int
+    task_id: int
+    event: str
+    status: TaskStatus
+    worker_id: str | None
+    detail: str | None
+    actor: str | None
+    at: datetime
+
+
+class StateCounts(Model, frozen=True, kw_only=True):
+    """Tasks in each open state, and the dead letters (`failed`), exact."""
+
+    ready: int
+    assigned: int
+    stalled: int
+    failed: int
+
+
+class HourCounts(Model, frozen=True, kw_only=True):
+    """Task events in one hour (`hour` is its start): created (approved), dispatched, and endings."""
+
+    hour: datetime
+    created: int
+    dispatched: int
+    completed: int
+    failed: int
+    canceled: int
+
+
+class Percentiles(Model, frozen=True, kw_only=True):
+    """Seconds; null when `count` is 0."""
+
+    p50: float | None
+    p90: float | None
+    count: int
+
+
+class Durations(Model, frozen=True, kw_only=True):
+    """One duration over the last hour and the last day."""
+
+    hour: Percentiles
+    day: Percentiles
+
+
+class Stats(Model, frozen=True, kw_only=True):
+    """The overview: open work, throughput per hour over the last 24 hours, how long tasks wait and take, and
+    the tasks that need a person (stalled first, newest first; `attention_total` counts them all)."""
+
+    at: datetime
+    counts: StateCounts
+    ready_due: int
+    oldest_ready_seconds: float | None
+    hourly: list[HourCounts]
+    last_24h: HourCounts
+    ready_to_assigned: Durations
+    assigned_to_completed: Durations
+    attention: list[Task]
+    attention_total: int

@@ -5,14 +5,27 @@ transaction; rows become Structs here and nowhere else. Task queries whose outco
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from . import sql
-from .models import ApiKey, Role, Suggestion, SuggestionIn, Task, TaskEvent
+from .models import (
+    ApiKey,
+    Durations,
+    HourCounts,
+    LiveEvent,
+    Percentiles,
+    Role,
+    StateCounts,
+    Suggestion,
+    SuggestionIn,
+    SuggestionOutcome,
+    Task,
+    TaskEvent,
+)
 
 Conn = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
 
@@ -195,6 +208,51 @@ async def migration_unlock(conn: Conn) -> None:
     await conn.execute(_MIGRATION_UNLOCK)
 
 
+# stats.sql
+
+
+async def stats_attention(conn: Conn, limit: int) -> list[Task]:
+    return _tasks(await conn.fetch(_STATS_ATTENTION, limit))
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    at: datetime
+    states: StateCounts
+    ready_due: int
+    oldest_ready_since: datetime | None
+
+
+async def stats_counts(conn: Conn, now: datetime | None = None) -> Counts:
+    row = await conn.fetchrow(_STATS_COUNTS, now)
+    assert row is not None
+    states = StateCounts(
+        ready=row["ready"], assigned=row["assigned"], stalled=row["stalled"], failed=row["failed"]
+    )
+    return Counts(row["at"], states, row["ready_due"], row["oldest_ready_since"])
+
+
+async def stats_hourly(conn: Conn, now: datetime | None = None) -> list[HourCounts]:
+    return [HourCounts(**dict(row)) for row in await conn.fetch(_STATS_HOURLY, now)]
+
+
+async def stats_latency(conn: Conn, now: datetime | None = None) -> dict[str, Durations]:
+    """Durations by measure (ready_assigned, assigned_completed)."""
+    found = {(row["measure"], row["span"]): row for row in await conn.fetch(_STATS_LATENCY, now)}
+
+    def percentiles(measure: str, span: str) -> Percentiles:
+        row = found.get((measure, span))
+        if row is None:
+            return Percentiles(p50=None, p90=None, count=0)
+        p50, p90 = row["p"]
+        return Percentiles(p50=p50, p90=p90, count=row["n"])
+
+    return {
+        measure: Durations(hour=percentiles(measure, "hour"), day=percentiles(measure, "day"))
+        for measure in ("ready_assigned", "assigned_completed")
+    }
+
+
 # suggestion.sql
 
 
@@ -205,6 +263,48 @@ async def suggestion_list(conn: Conn, after_id: int, limit: int) -> list[Suggest
 
 async def suggestion_lock_for_ingest(conn: Conn) -> None:
     await conn.execute(_SUGGESTION_LOCK_FOR_INGEST)
+
+
+_OUTCOME_FIELDS = tuple(field for field in SuggestionOutcome.__struct_fields__ if field != "cursor")
+
+
+async def suggestion_outcome_horizon(conn: Conn) -> int:
+    horizon: int = await conn.fetchval(_SUGGESTION_OUTCOME_HORIZON)
+    return horizon
+
+
+async def suggestion_outcome_list(
+    conn: Conn, after: tuple[int, int], limit: int, horizon: int
+) -> list[SuggestionOutcome]:
+    """Outcomes after the cursor (transaction, id), of transactions below ``horizon``; each one's ``cursor``
+    is its own."""
+    rows = await conn.fetch(_SUGGESTION_OUTCOME_LIST, *after, limit, horizon)
+    return [
+        SuggestionOutcome(
+            cursor=f"{row['xact']}-{row['id']}", **{field: row[field] for field in _OUTCOME_FIELDS}
+        )
+        for row in rows
+    ]
+
+
+async def suggestion_remove(
+    conn: Conn,
+    suggestion_ids: Sequence[int],
+    outcome: Literal["dismissed", "expired"],
+    reason: str,
+    now: datetime | None = None,
+    *,
+    actor: str,
+) -> list[int]:
+    """The ids removed, ascending."""
+    rows = await conn.fetch(_SUGGESTION_REMOVE, suggestion_ids, outcome, reason, now, actor)
+    return [row["id"] for row in rows]
+
+
+async def suggestion_stale(
+    conn: Conn, ttl_seconds: float, limit: int, now: datetime | None = None
+) -> list[int]:
+    return [row["id"] for row in await conn.fetch(_SUGGESTION_STALE, ttl_seconds, now, limit)]
 
 
 async def suggestion_upsert_batch(conn: Conn, items: Sequence[SuggestionIn]) -> list[asyncpg.Record]:
@@ -279,6 +379,17 @@ async def task_dispatch_many(
 
 async def task_event_list(conn: Conn, task_id: int) -> list[TaskEvent]:
     return [TaskEvent(**dict(row)) for row in await conn.fetch(_TASK_EVENT_LIST, task_id)]
+
+
+async def task_event_after(
+    conn: Conn, after_id: int, limit: int, up_to: int | None = None
+) -> list[LiveEvent]:
+    return [LiveEvent(**dict(row)) for row in await conn.fetch(_TASK_EVENT_AFTER, after_id, limit, up_to)]
+
+
+async def task_event_last_id(conn: Conn) -> int:
+    last: int = await conn.fetchval(_TASK_EVENT_LAST_ID)
+    return last
 
 
 async def task_fail(
@@ -466,8 +577,16 @@ _MIGRATION_LOCK = _query_text("migration_lock", "exec")
 _MIGRATION_RECORD = _query_text("migration_record", "exec")
 _MIGRATION_TABLE_CREATE = _query_text("migration_table_create", "exec")
 _MIGRATION_UNLOCK = _query_text("migration_unlock", "exec")
+_STATS_ATTENTION = _query_text("stats_attention", "many")
+_STATS_COUNTS = _query_text("stats_counts", "one")
+_STATS_HOURLY = _query_text("stats_hourly", "many")
+_STATS_LATENCY = _query_text("stats_latency", "many")
 _SUGGESTION_LIST = _query_text("suggestion_list", "many")
 _SUGGESTION_LOCK_FOR_INGEST = _query_text("suggestion_lock_for_ingest", "exec")
+_SUGGESTION_OUTCOME_HORIZON = _query_text("suggestion_outcome_horizon", "one")
+_SUGGESTION_OUTCOME_LIST = _query_text("suggestion_outcome_list", "many")
+_SUGGESTION_REMOVE = _query_text("suggestion_remove", "many")
+_SUGGESTION_STALE = _query_text("suggestion_stale", "many")
 _SUGGESTION_UPSERT_BATCH = _query_text("suggestion_upsert_batch", "many")
 _TASK_APPROVE_MANY = _query_text("task_approve_many", "many")
 _TASK_CANCEL = _query_text("task_cancel", "one")
@@ -476,6 +595,8 @@ _TASK_DISPATCH = _query_text("task_dispatch", "one")
 _TASK_DISPATCH_KEY_LOCK = _query_text("task_dispatch_key_lock", "exec")
 _TASK_DISPATCH_MANY = _query_text("task_dispatch_many", "many")
 _TASK_EVENT_LIST = _query_text("task_event_list", "many")
+_TASK_EVENT_AFTER = _query_text("task_event_after", "many")
+_TASK_EVENT_LAST_ID = _query_text("task_event_last_id", "one")
 _TASK_FAIL = _query_text("task_fail", "one")
 _TASK_GET = _query_text("task_get", "one")
 _TASK_HEARTBEAT = _query_text("task_heartbeat", "one")

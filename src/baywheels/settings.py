@@ -69,6 +69,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # After an outage, leases that ran out during it are rescued only after a grace as long as the outage,
     # at most this long, so holders' retried completes land. 0: rescued at once.
     lease_grace_max_seconds: Annotated[float, Meta(ge=0, le=86400)] = 300.0
+    # Seconds a pending suggestion may go without being posted again before the maintenance loop expires it
+    # (recorded as outcome `expired`). Unset: suggestions never expire.
+    suggestion_ttl: Annotated[float, Meta(gt=0, le=10 * 365 * 86400)] | None = None
+    # Seconds between heartbeat comments (`: ping`) on an idle GET /events stream, so proxies keep it open.
+    events_heartbeat_seconds: Annotated[float, Meta(gt=0, le=3600)] = 15.0
     # Dispatch statements in flight at once per process; requests beyond them are coalesced into one
     # statement of up to DISPATCH_BATCH_MAX workers.
     dispatch_concurrency: Annotated[int, Meta(ge=1, le=64)] = 4
