@@ -23,11 +23,7 @@ CREATE INDEX console_sessions_expires_idx ON console_sessions (expires_at);
 -- The pending list, highest priority and oldest first (suggestions are few; ingest pays one more entry).
 CREATE INDEX suggestions_priority_idx ON suggestions (priority DESC, created_at, id);
 
--- Tasks that need a person, by state. Partial on states dispatch and complete never write, so the hot path
--- never inserts into it (an UPDATE adds an entry only where the new row satisfies the predicate).
-CREATE INDEX tasks_attention_idx ON tasks (status, id) WHERE status IN ('failed', 'canceled', 'stalled');
-
--- Time windows over history (the tasks list, today's counts per worker). Rows arrive in time order, so a BRIN
--- index of a few pages finds a window, and its upkeep costs next to nothing.
-CREATE INDEX tasks_created_brin ON tasks USING brin (created_at);
-CREATE INDEX task_events_at_brin ON task_events USING brin (at);
+-- The tasks list's time window. Rows arrive in time order, so a BRIN index of a few pages finds a window, and
+-- its upkeep costs next to nothing. (Today's counts per worker read 009's task_events_at_brin; failed and
+-- stalled tasks, 009's tasks_attention_idx.)
+CREATE INDEX tasks_created_brin ON tasks USING brin (created_at) WITH (autosummarize = on);
