@@ -302,10 +302,11 @@ async def test_a_viewer_sees_no_action_and_cannot_act(
         page = (await browser.get(path)).text
         # One form that posts: signing out. No approve, cancel or retry button, no checkbox to select with.
         assert page.count('method="post"') == 1, path
-        for absent in ["formaction", 'type="checkbox"', ">Approve", ">Cancel", ">Retry"]:
+        for absent in ["formaction", 'type="checkbox"', ">Approve", ">Dismiss", ">Cancel", ">Retry"]:
             assert absent not in page, (path, absent)
     for path, data in [
         ("/ui/suggestions/approve", {"id": str(suggestion_id)}),
+        ("/ui/suggestions/dismiss", {"id": str(suggestion_id), "reason": "x"}),
         ("/ui/tasks/cancel", {"id": str(task["id"]), "reason": "x"}),
         ("/ui/tasks/retry", {"id": str(task["id"]), "reason": "x"}),
     ]:
@@ -314,6 +315,26 @@ async def test_a_viewer_sees_no_action_and_cannot_act(
         assert "a viewer may look but not act" in response.text
     assert await pool.fetchval("SELECT count(*) FROM tasks") == 1
     assert await pool.fetchval("SELECT status FROM tasks") == "ready"
+
+
+async def test_dismissing_needs_a_reason_and_is_recorded_with_the_actor(
+    api: httpx.AsyncClient, browser: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    operator = await new_key(api, "operator")
+    token = await sign_in(browser, operator["key"])
+    ids = [await suggest(api, n, n + 1) for n in (1, 3)]
+    form = {"csrf_token": token, "id": [str(i) for i in ids], "back": "/ui/suggestions"}
+    await browser.post("/ui/suggestions/dismiss", data=form, headers=ORIGIN)
+    page = await browser.get("/ui/suggestions")
+    assert "Nothing dismissed: give a reason (the ML engine learns from it)." in page.text
+    assert await pool.fetchval("SELECT count(*) FROM suggestions") == 2
+    await browser.post("/ui/suggestions/dismiss", data={**form, "reason": "van shortage"}, headers=ORIGIN)
+    assert "Dismissed 2." in (await browser.get("/ui/suggestions")).text
+    rows = await pool.fetch(
+        "SELECT suggestion_id, outcome, reason, actor FROM suggestion_outcomes ORDER BY id"
+    )
+    assert [tuple(r) for r in rows] == [(i, "dismissed", "van shortage", operator["key_id"]) for i in ids]
+    assert await pool.fetchval("SELECT count(*) FROM suggestions") == 0
 
 
 def test_every_console_route_declares_its_roles() -> None:

@@ -1,7 +1,7 @@
 """The console in a real browser (Debian's headless Chromium, driven by Playwright) against a real `baywheels
-serve` over HTTP: sign in, approve, cancel and retry, a viewer's view and a viewer's forged POST, a cross-site
-form post, the cookie's flags, sign out. Screenshots of the pages go to .artifacts/screenshots/ for a person
-to look at."""
+serve` over HTTP: sign in, approve, dismiss, cancel and retry, a viewer's view and a viewer's forged POST, a
+cross-site form post, the cookie's flags, sign out. Screenshots of the pages go to .artifacts/screenshots/
+for a person to look at."""
 
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -59,7 +59,7 @@ async def seed_stations(pool: asyncpg.Pool) -> None:
     )
 
 
-async def test_an_operator_approves_cancels_and_retries(
+async def test_an_operator_approves_dismisses_cancels_and_retries(
     browser: Browser, live_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
     await seed_stations(pool)
@@ -101,6 +101,20 @@ async def test_an_operator_approves_cancels_and_retries(
         await page.goto(f"{live_server.url}/ui/task/{held['id']}")
         await expect(page.locator(".lease")).to_contain_text("min")
         await page.screenshot(path=SCREENSHOTS / "task.png", full_page=True)
+
+        # Dismiss one, with a reason.
+        await page.goto(f"{live_server.url}/ui/suggestions")
+        dismissed = await pool.fetchval("SELECT max(id) FROM suggestions")
+        await page.get_by_label(f"Select suggestion {dismissed}").check()
+        await page.get_by_label("Reason").fill("no van free tonight")
+        await page.get_by_role("button", name="Dismiss selected").click()
+        await expect(page.get_by_role("status")).to_contain_text("Dismissed 1.")
+        await expect(page.get_by_label(f"Select suggestion {dismissed}")).to_have_count(0)
+        outcome = await pool.fetchrow(
+            "SELECT outcome, reason, actor FROM suggestion_outcomes WHERE suggestion_id = $1", dismissed
+        )
+        assert outcome is not None
+        assert tuple(outcome) == ("dismissed", "no van free tonight", operator["key_id"])
 
         # Approve several at once.
         await page.goto(f"{live_server.url}/ui/suggestions")
@@ -148,7 +162,14 @@ async def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused(
     for path in ["/ui/suggestions", "/ui/tasks", f"/ui/task/{task['id']}"]:
         await page.goto(f"{live_server.url}{path}")
         await expect(page.locator("main table, main h1").first).to_be_visible()
-        for name in ["Approve", "Approve selected", "Cancel selected", "Retry selected", "Cancel task"]:
+        for name in [
+            "Approve",
+            "Approve selected",
+            "Dismiss selected",
+            "Cancel selected",
+            "Retry selected",
+            "Cancel task",
+        ]:
             assert await page.get_by_role("button", name=name, exact=True).count() == 0, (path, name)
         assert await page.locator("input[type=checkbox]").count() == 0, path
     # A forged POST from the viewer's own page, with the session's token: refused by the server all the same.

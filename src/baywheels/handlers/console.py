@@ -399,6 +399,25 @@ async def approve_suggestions(request: Request, session: Session) -> Response:
     return _done(request, action.back, message)
 
 
+@ui("POST", "/ui/suggestions/dismiss", roles=ACTING_ROLES)
+async def dismiss_suggestions(request: Request, session: Session) -> Response:
+    action = await _action(request, session, "/ui/suggestions")
+    if isinstance(action, Response):
+        return action
+    if not action.ids:
+        return _done(request, action.back, "Nothing dismissed: select at least one suggestion.")
+    if action.reason is None:
+        return _done(request, action.back, "Nothing dismissed: give a reason (the ML engine learns from it).")
+    removed = await queries.suggestion_remove(
+        pool(request), action.ids, "dismissed", action.reason, actor=session.principal.actor
+    )
+    message = f"Dismissed {len(removed)}." if removed else "Nothing dismissed."
+    missing = len(action.ids) - len(removed)
+    if missing:
+        message += f" {missing} no longer pending (approved or withdrawn meanwhile)."
+    return _done(request, action.back, message)
+
+
 async def _change_tasks(request: Request, session: Session, verb: Action) -> Response:
     action = await _action(request, session, "/ui/tasks")
     if isinstance(action, Response):
