@@ -143,6 +143,8 @@ EXAMPLES: dict[str, Example] = {
     "list_suggestions": _const(("GET", "/suggestions", None)),
     "dismiss": lambda admin, caller: _dismiss(admin),
     "list_outcomes": _const(("GET", "/suggestions/outcomes", None)),
+    # follow=false: the stream ends once sent, so the in-process client can read it whole.
+    "stream_events": _const(("GET", "/events?follow=false&after=0", None)),
     "ingest": lambda admin, caller: _ingest(),
     "approve": lambda admin, caller: _approve(admin, many=False),
     "approve_many": lambda admin, caller: _approve(admin, many=True),

@@ -18,6 +18,7 @@ from .auth import Guard
 from .dispatcher import Dispatcher
 from .endpoints import FixedPathsFirst
 from .errors import EXCEPTION_HANDLERS
+from .events import EventHub
 from .handlers import ENDPOINTS, console
 from .listener import Listener
 from .maintenance import Maintenance, default_jobs
@@ -42,18 +43,22 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
             log.warning("auth_off", detail=AUTH_OFF_WARNING)
         guard = Guard(settings, pool)
         dispatcher = Dispatcher(pool, settings)
+        events = EventHub(pool)
         listener = Listener(settings)
         listener.subscribe(dispatcher)
+        listener.subscribe(events)
         await listener.start()
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
-        restore_signals = shutdown.drain_on_signals(dispatcher) if serving else None
+        restore_signals = shutdown.drain_on_signals(dispatcher, events) if serving else None
+        state = AppState(settings=settings, pool=pool, dispatcher=dispatcher, guard=guard, events=events)
         try:
-            yield {STATE_KEY: AppState(settings=settings, pool=pool, dispatcher=dispatcher, guard=guard)}
+            yield {STATE_KEY: state}
         finally:
             if restore_signals is not None:
                 restore_signals()
             maintenance.cancel()
             await asyncio.gather(maintenance, return_exceptions=True)
+            await events.stop()
             await listener.stop()
             # What is left of SHUTDOWN_GRACE_SECONDS once uvicorn has waited for the requests: half for the
             # statements in flight (tasks given back), half for the pool, then its connections are cut.

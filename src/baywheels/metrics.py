@@ -44,3 +44,13 @@ def exposition() -> Response:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# The live event stream (events.py) -------------------------------------------------------------------------
+
+EVENT_STREAMS = Gauge("baywheels_event_streams", "Open GET /events streams.", multiprocess_mode="livesum")
+EVENT_TAIL_QUERIES = Counter(
+    "baywheels_event_queries_total",
+    "Queries made for GET /events: the shared tail's (one per wake-up while a stream is open, whatever their "
+    "number) and each resumption's.",
+)

@@ -11,6 +11,7 @@ from .settings import Settings
 
 if TYPE_CHECKING:
     from .auth import Guard
+    from .events import EventHub
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +20,7 @@ class AppState:
     pool: asyncpg.Pool
     dispatcher: Dispatcher
     guard: "Guard"
+    events: "EventHub"
 
 
 # The lifespan yields {STATE_KEY: AppState}; the server hands each request a copy as ``scope["state"]``.

@@ -173,7 +173,7 @@ async def fail(request: Request, body: FailRequest) -> Response:
 
 
 # Who may read tasks: a worker (its own only), and the people who watch or run the fleet.
-_READERS: tuple[Role, ...] = ("worker", "viewer", "operator", "admin")
+READERS: tuple[Role, ...] = ("worker", "viewer", "operator", "admin")
 
 
 async def _visible_task(request: Request, task_id: int) -> Task:
@@ -186,13 +186,13 @@ async def _visible_task(request: Request, task_id: int) -> Task:
     return task
 
 
-@endpoints.get("/task/{task_id:id}", "Get one task", Task, roles=_READERS)
+@endpoints.get("/task/{task_id:id}", "Get one task", Task, roles=READERS)
 async def get_task(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     return MsgspecResponse(await _visible_task(request, task_id))
 
 
-@endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent], roles=_READERS)
+@endpoints.get("/task/{task_id:id}/events", "A task's history, oldest first", list[TaskEvent], roles=READERS)
 async def task_events(request: Request) -> Response:
     task_id = path_id(request, "task_id", "Task")
     db = pool(request)
@@ -209,7 +209,7 @@ async def task_events(request: Request) -> Response:
     "/tasks",
     "List tasks, filtered by status and worker",
     list[Task],
-    roles=_READERS,
+    roles=READERS,
     description="A worker's key lists its own tasks only (naming another `worker_id` is a 403).",
 )
 async def list_tasks(request: Request, query: TaskPage) -> Response:
