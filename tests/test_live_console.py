@@ -3,6 +3,7 @@ serve` over HTTP: sign in, approve, dismiss, cancel and retry, a viewer's view a
 cross-site form post, the cookie's flags, sign out. Screenshots of the pages go to .artifacts/screenshots/
 for a person to look at."""
 
+import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -14,7 +15,7 @@ from playwright.async_api import Browser, Page, expect
 
 from browser import SCREENSHOTS, chromium, ensure_chromium
 from conftest import LiveServer
-from helpers import http_server, json_of, suggest
+from helpers import http_server, json_of, make_task, suggest
 
 
 @pytest.fixture(scope="session")
@@ -149,15 +150,43 @@ async def test_an_operator_approves_dismisses_cancels_and_retries(
         assert await pool.fetchval("SELECT count(*) FROM console_sessions") == 0
 
 
+async def test_a_dispatch_by_another_client_appears_without_a_reload(
+    browser: Browser, live_server: LiveServer
+) -> None:
+    async with live_server.client() as admin:
+        viewer = await new_key(admin, "viewer")
+        task = await make_task(admin, 1, 2)
+        page = await signed_in(browser, live_server, viewer["key"])
+        await expect(page.locator("body[data-live=open]")).to_have_count(1)
+        await page.evaluate("window.notReloaded = true")
+        row = page.locator(f"tr:has(a[href='/ui/task/{task['id']}'])")
+        await expect(row.locator(".state")).to_have_text("ready")
+        started = time.monotonic()
+        json_of(await admin.post("/dispatch/next", json={"worker_id": "van-9"}), 200)
+        await expect(row.locator(".state")).to_have_text("assigned", timeout=10_000)
+        # Reported, not asserted (a shared machine's timing): the issue's bar is a second.
+        print(f"dispatch shown {time.monotonic() - started:.3f} s after it was made")
+        await expect(row).to_contain_text("van-9")
+        assert await page.evaluate("window.notReloaded") is True
+        # And a new task approved elsewhere appears in the list, on the task's own page its history grows.
+        other = await make_task(admin, 5, 6)
+        await expect(page.get_by_role("link", name=f"#{other['id']}", exact=True)).to_be_visible(
+            timeout=10_000
+        )
+        await page.goto(f"{live_server.url}/ui/task/{task['id']}")
+        await expect(page.locator("body[data-live=open]")).to_have_count(1)
+        json_of(await admin.post(f"/task/{task['id']}/complete", json={"worker_id": "van-9"}), 200)
+        await expect(page.locator("ol.history")).to_contain_text("completed", timeout=10_000)
+        await expect(page.locator("h1 .state")).to_have_text("completed")
+
+
 async def test_a_viewer_sees_no_buttons_and_a_forged_post_is_refused(
     browser: Browser, live_server: LiveServer, pool: asyncpg.Pool
 ) -> None:
     async with live_server.client() as admin:
         viewer = await new_key(admin, "viewer")
         suggestion_id = await suggest(admin, 1, 2)
-        task = json_of(
-            await admin.post("/task/approve", json={"suggestion_id": await suggest(admin, 3, 4)}), 200
-        )
+        task = await make_task(admin, 3, 4)
     page = await signed_in(browser, live_server, viewer["key"])
     for path in ["/ui/suggestions", "/ui/tasks", f"/ui/task/{task['id']}"]:
         await page.goto(f"{live_server.url}{path}")
@@ -221,9 +250,7 @@ async def test_a_cross_site_form_post_is_refused(
 ) -> None:
     async with live_server.client() as admin:
         operator = await new_key(admin, "operator")
-        task = json_of(
-            await admin.post("/task/approve", json={"suggestion_id": await suggest(admin, 1, 2)}), 200
-        )
+        task = await make_task(admin, 1, 2)
     assert task["id"] == 1
     page = await signed_in(browser, live_server, operator["key"])
     async with page.expect_response(f"{live_server.url}/ui/tasks/cancel") as posted:

@@ -10,22 +10,24 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import queries
+from .. import queries, requests
 from ..auth import Principal
 from ..console import STATIC_DIR, TEMPLATES_DIR, sso, svg
 from ..console import session as sessions
 from ..console.session import ACTING_ROLES, CONSOLE_ROLES, Session
 from ..errors import Conflict, NotFound, TooManyRequests, Unauthorized
 from ..metrics import TRANSITIONS
-from ..models import Role, Task
+from ..models import EventsQuery, Role, Task
 from ..requests import pool
 from ..state import app_state
 from ..transitions import Action, decide
+from .events import stream_events
 
 Page = Callable[[Request, Session], Awaitable[Response]]
 
@@ -41,6 +43,15 @@ LIST_LIMIT = 200
 MAP_ARROWS_LIMIT = 2000
 REASON_MAX = 500
 FLASH_COOKIE = "bw_console_flash"
+# A page's live part (#live) reloads itself when a task changes: every kind of task event on the page's event
+# stream (/ui/events) triggers it. htmx queues one more request for events that arrive while one is in flight
+# (queue:last), so a burst costs at most two reloads and the last one shows its end.
+_LIVE_EVENTS = (
+    "approved", "assigned", "picked_up", "completed", "released", "attempt_failed", "failed", "lease_expired",
+    "canceled", "retried",
+)  # fmt: skip
+_LIVE_TRIGGER = ", ".join(f"sse:{event}" for event in _LIVE_EVENTS)
+_LIVE = ' hx-get="{}" hx-trigger="{}" hx-select="#live > *" hx-swap="innerHTML"'
 
 _templates = Environment(
     loader=FileSystemLoader(TEMPLATES_DIR),
@@ -154,6 +165,7 @@ def _render(
         now=datetime.now(UTC),
         path=request.url.path,
         sso=sso.enabled(app_state(request).settings),
+        live=Markup(_LIVE).format(_here(request), _LIVE_TRIGGER),  # noqa: S704 (a constant; format escapes)
         **context,
     )
     response = HTMLResponse(html, status_code=status)
@@ -280,6 +292,14 @@ def _int(request: Request, name: str) -> int | None:
 @ui("GET", "/ui")
 async def overview_page(request: Request, session: Session) -> Response:
     return RedirectResponse("/ui/suggestions", status_code=303)
+
+
+@ui("GET", "/ui/events")
+async def live_events(request: Request, session: Session) -> Response:
+    """The API's event stream (GET /events) for a signed-in page, whose EventSource sends the cookie and no
+    Authorization header: the same stream, the session's person as its caller."""
+    request.scope["auth"] = session.principal
+    return await stream_events(request, query=requests.query(request, EventsQuery))
 
 
 @ui("GET", "/ui/suggestions")
