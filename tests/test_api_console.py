@@ -13,6 +13,7 @@ import pytest
 
 from baywheels import settings
 from baywheels.app import create_app
+from baywheels.console import STATIC_DIR
 from baywheels.console.session import ACTING_ROLES
 from baywheels.handlers import console
 from helpers import ADMIN_KEY, approve, dispatch, in_process, json_of, make_task, suggest
@@ -61,6 +62,24 @@ def csrf_of(page: str) -> str:
     found = _CSRF.search(page)
     assert found is not None, "no CSRF token on the page"
     return found[1]
+
+
+async def test_the_vendored_scripts_are_served_from_the_package(browser: httpx.AsyncClient) -> None:
+    listed = (STATIC_DIR / "vendor" / "VENDORED.md").read_text()
+    for name in ["htmx-2.0.11.min.js", "htmx-ext-sse-2.2.4.min.js"]:
+        assert name in listed
+        response = await browser.get(f"/ui/static/vendor/{name}")
+        assert response.status_code == 200
+        assert "javascript" in response.headers["content-type"]
+    for name in ["console.css", "console.js"]:
+        assert (await browser.get(f"/ui/static/{name}")).status_code == 200
+    # Every script the pages load is one of them: nothing from another site.
+    page = (await browser.get("/ui/signin")).text
+    assert re.findall(r'<script src="([^"]+)"', page) == [
+        "/ui/static/vendor/htmx-2.0.11.min.js",
+        "/ui/static/vendor/htmx-ext-sse-2.2.4.min.js",
+        "/ui/static/console.js",
+    ]
 
 
 # Signing in and out ----------------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""Geometry for the SVG the console draws on the server: the stations map (an equirectangular projection of
-the stations' bounding box, with optional XYZ tiles behind it). Only numbers are computed here; the templates
-write the SVG, so every name in it goes through Jinja's escaping."""
+"""Geometry for the SVG the console draws on the server: the overview's hourly chart, and the stations map (an
+equirectangular projection of the stations' bounding box, with optional XYZ tiles behind it). Only numbers are
+computed here; the templates write the SVG, so every name in it goes through Jinja's escaping."""
 
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..models import HourCounts
 from ..queries import MapArrow, MapStation
 
 WIDTH = 960.0
@@ -137,3 +138,71 @@ def station_map(
         drawn.append(Arrow(arrow, start[0] + dx, start[1] + dy, end[0] - dx, end[1] - dy))
     tiles = _tiles(tile_url, project) if tile_url and stations else []
     return StationMap(WIDTH, project.height, points, drawn, tiles, selected)
+
+
+# The overview's chart: tasks created, dispatched and completed per hour over the last 24 hours -------------
+
+CHART_WIDTH = 760.0
+CHART_HEIGHT = 220.0
+_PLOT_LEFT, _PLOT_RIGHT, _PLOT_TOP, _PLOT_BOTTOM = 44.0, 8.0, 12.0, 28.0
+SERIES = ("created", "dispatched", "completed")
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    series: str
+    value: int
+    x: float
+    y: float
+    width: float
+    height: float
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    at: float  # x for an hour, y for a count
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class HourlyChart:
+    width: float
+    height: float
+    left: float
+    right: float
+    top: float
+    bottom: float
+    bars: list[Bar]
+    hours: list[Tick]
+    counts: list[Tick]
+
+
+def _nice_max(value: int) -> int:
+    """The axis's top: 1, 2 or 5 times a power of ten, at or above ``value``."""
+    if value <= 0:
+        return 1
+    power = 10 ** math.floor(math.log10(value))
+    return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
+
+
+def hourly_chart(hours: Sequence[HourCounts]) -> HourlyChart:
+    plot_width = CHART_WIDTH - _PLOT_LEFT - _PLOT_RIGHT
+    plot_height = CHART_HEIGHT - _PLOT_TOP - _PLOT_BOTTOM
+    top = _nice_max(max((getattr(h, s) for h in hours for s in SERIES), default=0))
+    slot = plot_width / max(len(hours), 1)
+    width = slot * 0.8 / len(SERIES)
+    bottom = _PLOT_TOP + plot_height
+    bars = []
+    ticks = []
+    for i, hour in enumerate(hours):
+        for j, series in enumerate(SERIES):
+            value = getattr(hour, series)
+            height = plot_height * value / top
+            x = _PLOT_LEFT + i * slot + slot * 0.1 + j * width
+            bars.append(Bar(series, value, x, bottom - height, width, height))
+        if i % 3 == 0 or i == len(hours) - 1:
+            ticks.append(Tick(_PLOT_LEFT + (i + 0.5) * slot, hour.hour.strftime("%H:00")))
+    counts = [Tick(bottom - plot_height * k / 4, f"{top * k / 4:g}") for k in range(5)]
+    return HourlyChart(
+        CHART_WIDTH, CHART_HEIGHT, _PLOT_LEFT, CHART_WIDTH - _PLOT_RIGHT, _PLOT_TOP, bottom, bars, ticks, counts
+    )
