@@ -214,6 +214,21 @@ async def test_a_bearer_request_is_never_cookie_authenticated(
     assert (await browser.get("/tasks")).status_code == 401
 
 
+async def test_with_auth_off_the_console_needs_no_sign_in_but_still_its_origin(
+    service_settings: settings.Settings, pool: asyncpg.Pool
+) -> None:
+    async with in_process(
+        create_app(msgspec.structs.replace(service_settings, auth="off")), headers={}
+    ) as anyone:
+        assert (await anyone.get("/ui/signin")).headers["location"] == "/ui"
+        assert (await anyone.get("/ui/tasks")).status_code == 200
+        suggestion_id = await suggest(anyone, 1, 2)
+        form = {"id": str(suggestion_id)}
+        assert (await anyone.post("/ui/suggestions/approve", data=form)).status_code == 403
+        assert (await anyone.post("/ui/suggestions/approve", data=form, headers=ORIGIN)).status_code == 303
+    assert await pool.fetchval("SELECT actor FROM task_events") == "anonymous"
+
+
 # CSRF ------------------------------------------------------------------------------------------------------
 
 
