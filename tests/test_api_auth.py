@@ -144,6 +144,7 @@ EXAMPLES: dict[str, Example] = {
     "dismiss": lambda admin, caller: _dismiss(admin),
     "list_outcomes": _const(("GET", "/suggestions/outcomes", None)),
     # follow=false: the stream ends once sent, so the in-process client can read it whole.
+    "get_stats": _const(("GET", "/stats", None)),
     "stream_events": _const(("GET", "/events?follow=false&after=0", None)),
     "ingest": lambda admin, caller: _ingest(),
     "approve": lambda admin, caller: _approve(admin, many=False),

@@ -207,3 +207,20 @@ async def test_the_operators_calls(client: httpx.AsyncClient) -> None:
     ]
     assert len([t async for t in operator.all_tasks()]) == 3
     assert [e.event for e in await operator.events(one.id)] == ["approved", "canceled", "retried"]
+
+
+async def test_dismissals_outcomes_and_the_overview(client: httpx.AsyncClient) -> None:
+    url = str(client.base_url)
+    ml, operator = MLEngine(url, http=client), Operator(url, http=client)
+    items = [SuggestionIn(from_station_id=i, to_station_id=i + 1, qty=1, reason="t") for i in (1, 3, 5)]
+    ids = [i for i in (await ml.post_suggestions(items)).ids if i is not None]
+    await operator.approve(ids[0])
+    result = await operator.dismiss([ids[1], ids[2], ids[1], 999_999], "closed")
+    assert (result.dismissed, result.not_pending) == ([ids[1], ids[2]], [999_999])
+    first = await ml.outcomes(limit=2)
+    assert [(o.suggestion_id, o.outcome) for o in first] == [(ids[0], "approved"), (ids[1], "dismissed")]
+    rest = await ml.outcomes(first[-1].cursor)
+    assert [(o.suggestion_id, o.outcome, o.reason) for o in rest] == [(ids[2], "dismissed", "closed")]
+    assert await ml.outcomes(rest[-1].cursor) == []
+    stats = await operator.stats()
+    assert (stats.counts.ready, stats.last_24h.created) == (1, 1)

@@ -63,6 +63,10 @@ CREATE INDEX suggestions_updated_idx ON suggestions (updated_at);
 -- Stalled and failed tasks need a person: counted, and listed stalled first, newest first.
 CREATE INDEX tasks_attention_idx ON tasks (status DESC, id DESC) WHERE status IN ('failed', 'stalled');
 
+-- Completions of the last hour or day, for how long tasks took and waited (completed_at is null on every row
+-- version dispatch writes).
+CREATE INDEX tasks_completed_idx ON tasks (completed_at) WHERE completed_at IS NOT NULL;
+
 -- Events of the last hour or day, per hour: task_events is appended in time order, so a BRIN index (one
 -- summary per 128 pages, which an append into a range not yet summarised does not touch) finds the recent
 -- pages for next to nothing, where a btree on `at` would take an entry per dispatched task.

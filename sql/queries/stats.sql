@@ -15,7 +15,7 @@ LIMIT $1;
 -- Tasks by open state and dead letters, the ready queue that is due, and since when its oldest has waited.
 SELECT coalesce($1::timestamptz, now()) AS at,
        (SELECT count(*) FROM tasks WHERE status = 'ready') AS ready,
-       -- Non-null exactly while a task is assigned (see 003_point_lookups): reads tasks_lease_idx.
+       -- Non-null exactly while a task is assigned (003_point_lookups): reads tasks_lease_idx.
        (SELECT count(*) FROM tasks WHERE lease_expires_at IS NOT NULL) AS assigned,
        (SELECT count(*) FROM tasks WHERE status = 'stalled') AS stalled,
        (SELECT count(*) FROM tasks WHERE status = 'failed') AS failed,
@@ -54,22 +54,30 @@ ORDER BY h.hour;
 
 -- name: stats_latency :many
 -- p50 and p90, in seconds, over the last hour and day, one row per (measure, span) with anything to measure:
--- ready_assigned (an assignment's wait since its task became available; only a task's latest assignment,
--- whose start tasks still holds) and assigned_completed.
-WITH samples AS (
-    SELECT 'ready_assigned' AS measure, e.at, extract(epoch FROM e.at - t.available_at) AS seconds
-    FROM task_events e
-    JOIN tasks t ON t.id = e.task_id AND t.assigned_at = e.at
-    WHERE e.event = 'assigned'
-      AND e.at > coalesce($1::timestamptz, now()) - interval '1 day'
-      AND e.at <= coalesce($1::timestamptz, now())
+-- ready_assigned, the wait of the assignments that tasks still holds (held now, or completed since), from
+-- available_at (approval, release, the end of a backoff) to assigned_at; and assigned_completed. Read from
+-- the lease index and the completion index: the other ways out of an assignment (failure, rescue, release)
+-- move available_at on, so their waits are no longer known.
+WITH recent AS (
+    SELECT assigned_at, available_at, completed_at
+    FROM tasks
+    WHERE completed_at > coalesce($1::timestamptz, now()) - interval '1 day'
+      AND completed_at <= coalesce($1::timestamptz, now())
+      AND status = 'completed'
+),
+samples AS (
+    SELECT 'ready_assigned' AS measure, assigned_at AS at, extract(epoch FROM assigned_at - available_at) AS seconds
+    FROM (
+        SELECT assigned_at, available_at FROM recent
+        UNION ALL
+        SELECT assigned_at, available_at FROM tasks WHERE lease_expires_at IS NOT NULL
+    ) held
+    WHERE assigned_at > coalesce($1::timestamptz, now()) - interval '1 day'
+      AND assigned_at <= coalesce($1::timestamptz, now())
+      AND available_at <= assigned_at
     UNION ALL
-    SELECT 'assigned_completed', e.at, extract(epoch FROM t.completed_at - t.assigned_at)
-    FROM task_events e
-    JOIN tasks t ON t.id = e.task_id AND t.status = 'completed'
-    WHERE e.event = 'completed'
-      AND e.at > coalesce($1::timestamptz, now()) - interval '1 day'
-      AND e.at <= coalesce($1::timestamptz, now())
+    SELECT 'assigned_completed', completed_at, extract(epoch FROM completed_at - assigned_at)
+    FROM recent
 )
 SELECT s.measure, w.span, count(*) AS n,
        percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY s.seconds) AS p

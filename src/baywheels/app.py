@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, openapi, protocol, shutdown
+from . import db, logs, openapi, overview, protocol, shutdown
 from . import settings as config
 from .auth import Guard
 from .dispatcher import Dispatcher
@@ -50,7 +50,14 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
         await listener.start()
         maintenance = asyncio.create_task(Maintenance(settings, default_jobs(settings)).run())
         restore_signals = shutdown.drain_on_signals(dispatcher, events) if serving else None
-        state = AppState(settings=settings, pool=pool, dispatcher=dispatcher, guard=guard, events=events)
+        state = AppState(
+            settings=settings,
+            pool=pool,
+            dispatcher=dispatcher,
+            guard=guard,
+            events=events,
+            figures=overview.Cached(),
+        )
         try:
             yield {STATE_KEY: state}
         finally:

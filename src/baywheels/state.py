@@ -12,6 +12,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     from .auth import Guard
     from .events import EventHub
+    from .overview import Cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class AppState:
     dispatcher: Dispatcher
     guard: "Guard"
     events: "EventHub"
+    figures: "Cached"
 
 
 # The lifespan yields {STATE_KEY: AppState}; the server hands each request a copy as ``scope["state"]``.

@@ -1,11 +1,12 @@
-"""The ML engine: posts its view of the stations as suggestions, in batches the service accepts."""
+"""The ML engine: posts its view of the stations as suggestions, in batches the service accepts, and reads
+back what became of them."""
 
 import typing
 from collections.abc import Iterator, Sequence
 
 import msgspec
 
-from ..models import IngestResult, SuggestionBatch, SuggestionIn
+from ..models import IngestResult, SuggestionBatch, SuggestionIn, SuggestionOutcome
 from .base import BaseClient
 
 # The service's own limit on a batch (POST /suggestions), read from the model it validates with.
@@ -39,6 +40,12 @@ class MLEngine(BaseClient):
             duplicates += result.duplicates
             ids += result.ids
         return IngestResult(created=created, updated=updated, duplicates=duplicates, ids=ids)
+
+    async def outcomes(self, after: str = "0-0", limit: int = 1000) -> list[SuggestionOutcome]:
+        """The changes of fate after the cursor ``after``; keep the last one's ``cursor`` for the next call
+        (an empty list: nothing new yet)."""
+        params: dict[str, str | int] = {"after": after, "limit": limit}
+        return await self.call("GET", "/suggestions/outcomes", list[SuggestionOutcome], params=params)
 
 
 def _chunks(encoded: list[bytes], batch_size: int, max_bytes: int) -> Iterator[list[bytes]]:

@@ -1,4 +1,5 @@
-"""An operator (or the console): approve suggestions, cancel and retry tasks, read tasks and suggestions."""
+"""An operator (or the console): approve or dismiss suggestions, cancel and retry tasks, read tasks,
+suggestions and the overview."""
 
 from collections.abc import AsyncIterator, Sequence
 
@@ -6,7 +7,10 @@ from ..models import (
     ApproveManyRequest,
     ApproveManyResult,
     ApproveRequest,
+    DismissRequest,
+    DismissResult,
     OperatorRequest,
+    Stats,
     Suggestion,
     Task,
     TaskEvent,
@@ -37,6 +41,22 @@ class Operator(BaseClient):
             tasks += result.tasks
             not_found += result.not_found
         return ApproveManyResult(tasks=tasks, not_found=not_found)
+
+    async def dismiss(self, suggestion_ids: Sequence[int], reason: str) -> DismissResult:
+        """Dismiss in batches of the service's limit, each one transaction; the results added up."""
+        dismissed: list[int] = []
+        not_pending: list[int] = []
+        ids = list(dict.fromkeys(suggestion_ids))
+        for start in range(0, len(ids), APPROVE_MAX):
+            body = DismissRequest(suggestion_ids=ids[start : start + APPROVE_MAX], reason=reason)
+            # Not resent after a lost answer: the repeat would call the first one's dismissals not pending.
+            result = await self.call("POST", "/suggestions/dismiss", DismissResult, body=body, resend=False)
+            dismissed += result.dismissed
+            not_pending += result.not_pending
+        return DismissResult(dismissed=dismissed, not_pending=not_pending)
+
+    async def stats(self) -> Stats:
+        return await self.call("GET", "/stats", Stats)
 
     async def cancel(self, task_id: int, reason: str | None = None) -> Task:
         # Not resent after a lost answer: the repeat would be refused (409) for the first one's success.

@@ -2,7 +2,7 @@
 gathered here for the app's routes and the OpenAPI document."""
 
 from ..endpoints import Endpoint
-from . import dispatch, events, health, keys, operators, suggestions, tasks
+from . import dispatch, events, health, keys, operators, stats, suggestions, tasks
 
 # In the order the router tries them (it matches one route after another): the workers' calls, the most
 # frequent by far, first.
@@ -14,4 +14,5 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     *keys.endpoints,
     *health.endpoints,
     *events.endpoints,
+    *stats.endpoints,
 )

@@ -2,6 +2,7 @@
 (events.py): an open stream costs no query of its own, a resumption reads its gap once."""
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
@@ -11,12 +12,15 @@ from ..auth import bound_worker
 from ..endpoints import Endpoints
 from ..errors import BadRequest
 from ..events import Stream, replay
-from ..models import INT64_MAX, EventsQuery, LiveEvent
+from ..models import EventsQuery, LiveEvent
 from ..requests import pool
 from ..state import app_state
 from .tasks import READERS
 
 endpoints = Endpoints("events")
+
+# Up to 18 digits: any event id for centuries, and below the largest bigint without a comparison.
+_EVENT_ID = re.compile("[0-9]{1,18}")
 
 _HEADERS = {
     "Cache-Control": "no-cache",
@@ -31,6 +35,13 @@ _HEADERS = {
     LiveEvent,
     roles=READERS,
     media_type="text/event-stream",
+    headers=(
+        (
+            "Last-Event-ID",
+            f"^{_EVENT_ID.pattern}$",
+            "The `id:` of the last event received: the stream starts with the events after it.",
+        ),
+    ),
     description=(
         "Each task event (approved, assigned, picked_up, completed, released, attempt_failed, failed, "
         "lease_expired, canceled, retried) as it is written: `id:` the event's id, `event:` its kind, "
@@ -55,9 +66,9 @@ async def stream_events(request: Request, query: EventsQuery) -> Response:
 
 def _last_event_id(request: Request, after: int | None) -> int | None:
     given = request.headers.get("last-event-id")
-    if given is None or given == "":
+    if given is None:
         return after
-    if not given.isdigit() or int(given) > INT64_MAX:
+    if not _EVENT_ID.fullmatch(given):
         raise BadRequest("Last-Event-ID must be an event id (the `id:` of an event received)")
     return int(given)
 

@@ -1,5 +1,7 @@
 """The banner and the probes."""
 
+import asyncpg
+import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,6 +12,8 @@ from ..models import AUTH_OFF_WARNING, Health, Message
 from ..requests import pool
 from ..responses import MsgspecResponse
 from ..state import app_state
+
+log = structlog.get_logger(__name__)
 
 endpoints = Endpoints("health")
 
@@ -52,7 +56,16 @@ async def readyz(request: Request) -> Response:
     roles=("metrics", "viewer", "operator", "admin"),
     public_setting="metrics_public",
     media_type="text/plain",
-    description="Public with METRICS_PUBLIC=true.",
+    description=(
+        "Public with METRICS_PUBLIC=true. The business figures of GET /stats are read at most once every "
+        "5 seconds per process; while the database is unreachable they are left out."
+    ),
 )
 async def get_metrics(request: Request) -> Response:
-    return metrics.exposition()
+    served = metrics.exposition()
+    try:
+        stats = await app_state(request).figures.get(pool(request))
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        log.warning("metrics_figures_unavailable", error=f"{type(exc).__name__}: {exc}")
+        return served
+    return Response(bytes(served.body) + metrics.figures_exposition(stats), media_type=served.media_type)
