@@ -19,7 +19,7 @@ from baywheels.handlers import console
 from helpers import ADMIN_KEY, approve, dispatch, in_process, json_of, make_task, suggest
 
 ORIGIN = {"Origin": "http://testserver"}
-PAGES = ["/ui/suggestions", "/ui/tasks", "/ui/workers", "/ui/map", "/ui/map?station=1"]
+PAGES = ["/ui", "/ui/suggestions", "/ui/tasks", "/ui/workers", "/ui/map", "/ui/map?station=1"]
 _CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -86,7 +86,7 @@ async def test_the_vendored_scripts_are_served_from_the_package(browser: httpx.A
 
 
 async def test_pages_ask_for_sign_in(browser: httpx.AsyncClient) -> None:
-    for path in ["/ui", *PAGES, "/ui/task/1"]:
+    for path in [*PAGES, "/ui/task/1"]:
         response = await browser.get(path)
         assert response.status_code == 303, path
         assert response.headers["location"].startswith("/ui/signin?next=")
@@ -407,6 +407,27 @@ async def test_text_from_users_is_escaped(
         page = (await browser.get(path)).text
         assert evil not in page, path
         assert "&lt;script&gt;alert(" in page, path
+
+
+async def test_the_overview_shows_what_needs_a_person_first(
+    api: httpx.AsyncClient, browser: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    tasks = [await make_task(api, n, n + 1) for n in (1, 3, 5)]
+    await dispatch(api, "van-1")
+    await pool.execute(
+        "UPDATE tasks SET status = 'failed', last_error = '<script>jammed</script>' WHERE id = $1",
+        tasks[2]["id"],
+    )
+    await sign_in(browser, ADMIN_KEY)
+    page = (await browser.get("/ui")).text
+    assert page.index("Needs a person") < page.index("ready (")
+    assert f'href="/ui/task/{tasks[2]["id"]}"' in page
+    assert "&lt;script&gt;jammed&lt;/script&gt;" in page
+    assert "<script>jammed" not in page
+    # The chart: a bar for the hour's approvals (3) and its dispatch (1), the hours labelled.
+    assert re.search(r'<rect class="series-created"[^>]*><title>3 created</title>', page)
+    assert re.search(r'<rect class="series-dispatched"[^>]*><title>1 dispatched</title>', page)
+    assert page.count('text-anchor="middle"') == 9  # every third hour of 24, and the last
 
 
 async def test_the_map_draws_stations_and_moves(

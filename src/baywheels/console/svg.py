@@ -181,7 +181,7 @@ def _nice_max(value: int) -> int:
     """The axis's top: 1, 2 or 5 times a power of ten, at or above ``value``."""
     if value <= 0:
         return 1
-    power = 10 ** math.floor(math.log10(value))
+    power = int(10 ** math.floor(math.log10(value)))
     return next(step * power for step in (1, 2, 5, 10) if step * power >= value)
 
 
@@ -202,7 +202,17 @@ def hourly_chart(hours: Sequence[HourCounts]) -> HourlyChart:
             bars.append(Bar(series, value, x, bottom - height, width, height))
         if i % 3 == 0 or i == len(hours) - 1:
             ticks.append(Tick(_PLOT_LEFT + (i + 0.5) * slot, hour.hour.strftime("%H:00")))
-    counts = [Tick(bottom - plot_height * k / 4, f"{top * k / 4:g}") for k in range(5)]
+    # Whole numbers on the count axis: 1, 2 or 5 steps up to 5, then five steps (the top is 1, 2 or 5 x 10^n).
+    steps = top if top <= 5 else 5
+    counts = [Tick(bottom - plot_height * k / steps, f"{top * k // steps}") for k in range(steps + 1)]
     return HourlyChart(
-        CHART_WIDTH, CHART_HEIGHT, _PLOT_LEFT, CHART_WIDTH - _PLOT_RIGHT, _PLOT_TOP, bottom, bars, ticks, counts
+        CHART_WIDTH,
+        CHART_HEIGHT,
+        _PLOT_LEFT,
+        CHART_WIDTH - _PLOT_RIGHT,
+        _PLOT_TOP,
+        bottom,
+        bars,
+        ticks,
+        counts,
     )

@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .. import queries, requests
+from .. import overview, queries, requests
 from ..auth import Principal
 from ..console import STATIC_DIR, TEMPLATES_DIR, sso, svg
 from ..console import session as sessions
@@ -291,7 +291,8 @@ def _int(request: Request, name: str) -> int | None:
 
 @ui("GET", "/ui")
 async def overview_page(request: Request, session: Session) -> Response:
-    return RedirectResponse("/ui/suggestions", status_code=303)
+    stats = await overview.read(pool(request))
+    return _render(request, "overview.html", session, stats=stats, chart=svg.hourly_chart(stats.hourly))
 
 
 @ui("GET", "/ui/events")
