@@ -3,9 +3,12 @@ serve` over HTTP: sign in, approve, dismiss, cancel and retry, a viewer's view a
 cross-site form post, the cookie's flags, sign out. Screenshots of the pages go to .artifacts/screenshots/
 for a person to look at."""
 
+import asyncio
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -16,6 +19,7 @@ from playwright.async_api import Browser, Page, expect
 from browser import SCREENSHOTS, chromium, ensure_chromium
 from conftest import LiveServer
 from helpers import http_server, json_of, make_task, suggest
+from test_live_restart import as_make_run_starts_it
 
 
 @pytest.fixture(scope="session")
@@ -151,6 +155,24 @@ async def test_an_operator_approves_dismisses_cancels_and_retries(
         await page.goto(f"{live_server.url}/ui/tasks")
         await expect(page.get_by_label("API key")).to_be_visible()
         assert await pool.fetchval("SELECT count(*) FROM console_sessions") == 0
+
+
+async def test_make_run_then_the_bootstrap_key_opens_the_console(browser: Browser, tmp_path: Path) -> None:
+    """The README's first steps: `make run` (no DATABASE_URL: the embedded PostgreSQL), open /ui, paste the
+    key the first start wrote to .data/admin-api-key."""
+    server = as_make_run_starts_it(tmp_path / "data")
+    try:
+        await asyncio.to_thread(server.start, 180)
+        key = (tmp_path / "data" / "admin-api-key").read_text().strip()
+        page = await browser.new_page()
+        await page.goto(f"{server.url}/ui")
+        await page.get_by_label("API key").fill(key)
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page).to_have_url(f"{server.url}/ui")
+        await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        await expect(page.locator("body[data-live=open]")).to_have_count(1)
+    finally:
+        await asyncio.to_thread(server.stop, signal.SIGINT, 60)
 
 
 async def test_a_dispatch_by_another_client_appears_without_a_reload(
