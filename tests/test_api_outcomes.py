@@ -272,3 +272,17 @@ async def test_the_expiry_job_takes_a_batch_and_asks_to_run_again_when_full(
     assert await pool.fetchval("SELECT count(*) FROM suggestion_outcomes WHERE outcome = 'expired'") == (
         SuggestionExpiry.batch + 1
     )
+
+
+async def test_a_lease_rescue_that_dead_letters_a_task_ends_it_in_the_feed(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    task = await make_task(client, 1, 2)
+    await dispatch(client, "van-3")
+    later = datetime.now(UTC) + timedelta(days=1)
+    rescued = await queries.task_rescue_expired(pool, 1, 10, later)
+    assert [(t.id, t.status) for t in rescued] == [(task["id"], "failed")]
+    rows = [r for r in await outcomes(client) if r["outcome"] != "approved"]
+    assert [(r["task_id"], r["outcome"], r["reason"], r["actor"], r["task_status"]) for r in rows] == [
+        (task["id"], "failed", "lease expired", "system", "failed")
+    ]

@@ -2,7 +2,8 @@
 
 -- What became of each suggestion, for the ML engine to learn from (GET /suggestions/outcomes). Append-only:
 -- one row when a suggestion leaves the pending list (approved, dismissed, expired) and one each time its task
--- ends (completed, failed, canceled), so a reader following the feed sees every change of fate once. Rows
+-- ends (completed, failed, canceled; written by the statement that ends it), so a reader following the feed
+-- sees every change of fate once. Rows
 -- outlive the suggestion (deleted when it leaves the list) and may outlive the task: no foreign key.
 CREATE TABLE suggestion_outcomes (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -31,27 +32,6 @@ CREATE TABLE suggestion_outcomes (
 CREATE INDEX suggestion_outcomes_feed_idx ON suggestion_outcomes (xact, id);
 -- A task's ending finds when its suggestion was posted.
 CREATE INDEX suggestion_outcomes_approved_idx ON suggestion_outcomes (suggestion_id) WHERE outcome = 'approved';
-
--- A task's ending is its suggestion's outcome too, written from the event that records it, whichever statement
--- ends the task (complete, fail, cancel, lease rescue). Dispatch's 'assigned' events only evaluate the WHEN.
-CREATE FUNCTION task_events_record_outcome() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO suggestion_outcomes (
-        suggestion_id, outcome, task_id, from_station_id, to_station_id, qty, priority, at, reason, actor
-    )
-    SELECT suggestion_id, NEW.event, id, from_station_id, to_station_id, qty, priority, NEW.at, NEW.detail,
-           NEW.actor
-    FROM tasks
-    WHERE id = NEW.task_id;
-    RETURN NULL;
-END;
-$$;
-
-CREATE TRIGGER task_events_record_outcome
-    AFTER INSERT ON task_events
-    FOR EACH ROW
-    WHEN (NEW.event IN ('completed', 'failed', 'canceled'))
-    EXECUTE FUNCTION task_events_record_outcome();
 
 -- SUGGESTION_TTL: the maintenance loop expires the least recently updated first.
 CREATE INDEX suggestions_updated_idx ON suggestions (updated_at);

@@ -106,9 +106,9 @@ class EventHub:
     def closed(self) -> bool:
         return self._closed
 
-    async def subscribe(self, worker_id: str | None, after: int | None = None) -> tuple[Stream, int]:
-        """A new stream, and the id of the last event read before it: every later one (after ``after``, when
-        given) is offered to it. The first stream starts the tail at the newest event."""
+    async def start(self) -> None:
+        """The tail runs (started at the newest event, by the first stream): raises when the database cannot
+        be reached to start it."""
         async with self._starting:
             if self._tail is None and not self._closed:
                 EVENT_TAIL_QUERIES.inc()
@@ -116,6 +116,11 @@ class EventHub:
                 self._gap_since = None
                 # Not under the context of the request that happened to start it.
                 self._tail = asyncio.create_task(self._run(), context=contextvars.Context())
+
+    async def subscribe(self, worker_id: str | None, after: int | None = None) -> tuple[Stream, int]:
+        """A new stream, and the id of the last event read before it: every later one (after ``after``, when
+        given) is offered to it. Pair with ``unsubscribe``."""
+        await self.start()
         stream = Stream(worker_id, after)
         if self._closed:
             stream.end()

@@ -11,7 +11,7 @@ from starlette.responses import Response, StreamingResponse
 from ..auth import bound_worker
 from ..endpoints import Endpoints
 from ..errors import BadRequest
-from ..events import Stream, replay
+from ..events import replay
 from ..models import EventsQuery, LiveEvent
 from ..requests import pool
 from ..state import app_state
@@ -59,8 +59,10 @@ async def stream_events(request: Request, query: EventsQuery) -> Response:
     if not query.follow:
         frames = replay(pool(request), after or 0, None, worker_id) if after is not None else _nothing()
         return StreamingResponse(frames, media_type="text/event-stream", headers=_HEADERS)
-    stream, up_to = await state.events.subscribe(worker_id, after)
-    body = _stream(request, stream, after, up_to, state.settings.events_heartbeat_seconds)
+    # Here, so that a database out of reach is a 503; the stream subscribes once it is being sent, so that
+    # its unsubscription is certain (a generator never started never runs its `finally`).
+    await state.events.start()
+    body = _stream(request, worker_id, after, state.settings.events_heartbeat_seconds)
     return StreamingResponse(body, media_type="text/event-stream", headers=_HEADERS)
 
 
@@ -79,16 +81,18 @@ async def _nothing() -> AsyncIterator[bytes]:
 
 
 async def _stream(
-    request: Request, stream: Stream, after: int | None, up_to: int, heartbeat: float
+    request: Request, worker_id: str | None, after: int | None, heartbeat: float
 ) -> AsyncIterator[bytes]:
     """What was missed (from the database, once), then the live events, with a ping when idle, until the
-    stream ends (shutdown, overflow) or the client leaves (the response is cancelled)."""
+    stream ends (shutdown, overflow, the database lost while resuming) or the client leaves (the response is
+    cancelled)."""
     events = app_state(request).events
+    stream, up_to = await events.subscribe(worker_id, after)
     try:
         # Sent at once, so the client (and any proxy) sees the stream open before the first event.
         yield b": connected\n\n"
         if after is not None and after < up_to:
-            async for missed in replay(pool(request), after, up_to, stream.worker_id):
+            async for missed in replay(pool(request), after, up_to, worker_id):
                 yield missed
         while True:
             try:
