@@ -130,7 +130,11 @@ async def test_an_operator_approves_dismisses_cancels_and_retries(
         await expect(page.get_by_role("status")).to_contain_text("Approved 3")
         assert await pool.fetchval("SELECT count(*) FROM tasks") == 4
 
-        await page.goto(f"{live_server.url}/ui/map?station=14")
+        # The map with the keyboard: a station is a link, Enter opens its open tasks.
+        await page.goto(f"{live_server.url}/ui/map")
+        await page.get_by_role("link", name="Station 14: Valencia St at 24th St", exact=False).focus()
+        await page.keyboard.press("Enter")
+        await expect(page).to_have_url(f"{live_server.url}/ui/map?station=14#station-panel")
         await expect(page.locator("#station-panel")).to_contain_text("Open tasks")
         await page.screenshot(path=SCREENSHOTS / "map.png", full_page=True)
         await page.get_by_role("link", name="Overview").click()
