@@ -6,8 +6,10 @@ import itertools
 import json
 import re
 import tempfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +326,21 @@ async def until(condition: Callable[[], Awaitable[bool]], within: float = 15) ->
     async with asyncio.timeout(within):
         while not await condition():  # noqa: ASYNC110 (nothing to await: the change happens elsewhere)
             await asyncio.sleep(0.005)
+
+
+@contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A small HTTP server (a fake identity provider, another site) on a free loopback port, serving from a
+    thread; yields its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 @contextmanager

@@ -16,13 +16,16 @@ from starlette.routing import Mount, Route
 from baywheels import settings
 from baywheels.app import create_app
 from baywheels.endpoints import Endpoints
-from baywheels.handlers import ENDPOINTS
+from baywheels.handlers import ENDPOINTS, console
 from baywheels.models import Task
 from helpers import TASK_KEYS, json_of
 
 PATH_PARAM = re.compile(r"\{(\w+)(?::\w+)?\}")
-# Served, but not part of the API the document describes.
-UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/init.js", "/redoc", "/static/docs"}
+# Served, but not part of the API the document describes: the docs, and the console's HTML pages for people
+# (their routes declare their roles in handlers/console.py).
+UNDOCUMENTED = {"/openapi.json", "/docs", "/docs/init.js", "/redoc", "/static/docs"} | {
+    getattr(route, "path", "") for route in console.routes()
+}
 
 
 def refs(node: Any) -> Iterator[str]:

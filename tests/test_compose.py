@@ -462,7 +462,14 @@ def test_wheel_holds_the_service_only_and_no_benchmark(wheel: Path) -> None:
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"baywheels"}
     code = {name for name in names if name.startswith("baywheels/") and not name.startswith("baywheels/sql/")}
-    assert {name for name in code if not name.endswith(".py")} == set()  # no wrk.lua, no bench.sql
+    # No wrk.lua, no bench.sql: beside the modules only the console's templates and static files.
+    console = {
+        f"baywheels/console/{p.relative_to(ROOT / 'src/baywheels/console').as_posix()}"
+        for p in (ROOT / "src/baywheels/console").rglob("*")
+        if p.is_file() and p.parent.name != "__pycache__" and p.suffix != ".py"
+    }
+    assert {name for name in code if not name.endswith(".py")} == console
+    assert "baywheels/console/static/vendor/htmx-2.0.11.min.js" in console
     assert not [name for name in names if "bench" in name]
     # The harness's files, which the wheel leaves out, are where the checkout keeps them.
     assert (ROOT / "bench" / "wrk.lua").is_file()

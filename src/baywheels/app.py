@@ -19,7 +19,7 @@ from .dispatcher import Dispatcher
 from .endpoints import FixedPathsFirst
 from .errors import EXCEPTION_HANDLERS
 from .events import EventHub
-from .handlers import ENDPOINTS
+from .handlers import ENDPOINTS, console
 from .listener import Listener
 from .maintenance import Maintenance, default_jobs
 from .middleware import RequestContext
@@ -102,6 +102,7 @@ def create_app(settings: Settings, *, serving: bool = False) -> Starlette:
         Route("/docs/init.js", openapi.swagger_init, methods=["GET"]),
         Route("/redoc", openapi.redoc, methods=["GET"]),
         Mount("/static/docs", StaticFiles(directory=openapi.assets_dir()), name="docs-assets"),
+        *console.routes(),
     ]
     middleware = [
         Middleware(

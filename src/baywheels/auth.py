@@ -55,6 +55,9 @@ _BASE62_SET = frozenset(_BASE62)
 _CACHE_MAX = 100_000
 
 ADMIN_ACTOR = "env:ADMIN_API_KEY"
+# What the guard caches verdicts under: a bearer request's raw Authorization header (bytes), or a console
+# session's key id as ("session", key_id), which no header can be.
+Credential = bytes | tuple[str, str]
 
 
 # The key format --------------------------------------------------------------------------------------------
@@ -182,12 +185,13 @@ class Guard:
         self._oidc = Oidc(settings) if settings.oidc_issuer else None
         self._limiter = RateLimiter(settings)
         self._shared_limits = self._limiter.shared
-        self._cache: dict[bytes, _Verdict] = {}
-        # All keyed by the raw Authorization header.
-        self._lookups: dict[bytes, asyncio.Future[_Verdict]] = {}  # a verdict on its way
-        self._queued: dict[bytes, tuple[str, bytes]] = {}  # API keys for the next statement: key id, digest
+        self._cache: dict[Credential, _Verdict] = {}
+        # All keyed by Credential: the raw Authorization header, or a console session's key.
+        self._lookups: dict[Credential, asyncio.Future[_Verdict]] = {}  # a verdict on its way
+        # API keys for the next statement: key id, and the digest of the token presented.
+        self._queued: dict[Credential, tuple[str, bytes]] = {}
         self._flushing: asyncio.Task[None] | None = None
-        self._used: set[bytes] = set()  # API keys used since the last renewal began
+        self._used: set[Credential] = set()  # API keys used since the last renewal began
         self._long_polls: Counter[str] = Counter()
 
     async def admit(self, request: Request, endpoint: "Endpoint") -> Principal:
@@ -225,23 +229,35 @@ class Guard:
     async def _verify(self, credential: bytes | None) -> Principal:
         if credential is None:
             raise Unauthorized("Missing credentials: send Authorization: Bearer <API key or token>")
-        verdict = self._cache.get(credential)
-        now = time.monotonic()
-        if verdict is None or verdict.until <= now:
-            # Shielded: a request that goes away does not take the lookup others wait for with it.
-            verdict = await asyncio.shield(self._lookups.get(credential) or self._look_up(credential))
-        elif verdict.key_id is not None:
-            self._used.add(credential)
-            if verdict.until - now < self._ttl / 4 and credential not in self._lookups:
-                # In the last quarter of its time: renewed in the background while this request goes on, so
-                # a key in steady use never makes a request wait for the database (nor is trusted longer).
-                self._renew()
+        found = self._cached(credential)
+        # Shielded: a request that goes away does not take the lookup others wait for with it.
+        verdict = found if isinstance(found, _Verdict) else await asyncio.shield(found)
         caller = verdict.caller
         if caller is None:
             raise Unauthorized(verdict.refusal)
         if caller.expires_at is not None and caller.expires_at <= time.time():
             raise Unauthorized("Credential expired")
         return caller
+
+    def _cached(self, credential: Credential) -> "_Verdict | asyncio.Future[_Verdict]":
+        """The cached verdict on a credential (a bearer header, or a console session's key id), else the
+        lookup that will give it."""
+        verdict = self._cache.get(credential)
+        now = time.monotonic()
+        if verdict is None or verdict.until <= now:
+            pending = self._lookups.get(credential)
+            if pending is not None:
+                return pending
+            if isinstance(credential, tuple):  # a console session's key: its token was checked at sign-in
+                return self._queue(credential, credential[1], b"")
+            return self._look_up(credential)
+        if verdict.key_id is not None:
+            self._used.add(credential)
+            if verdict.until - now < self._ttl / 4 and credential not in self._lookups:
+                # In the last quarter of its time: renewed in the background while this request goes on, so
+                # a key in steady use never makes a request wait for the database (nor is trusted longer).
+                self._renew()
+        return verdict
 
     def _look_up(self, credential: bytes) -> "asyncio.Future[_Verdict]":
         """Start judging a credential; its verdict goes into the cache when it comes, whoever waits for it."""
@@ -260,13 +276,13 @@ class Guard:
         pending.add_done_callback(lambda done: self._judged(credential, done))
         return pending
 
-    def _judged(self, credential: bytes, done: "asyncio.Future[_Verdict]") -> None:
+    def _judged(self, credential: Credential, done: "asyncio.Future[_Verdict]") -> None:
         self._lookups.pop(credential, None)
         # exception() retrieves it: the requests that waited (if any still do) raise it.
         if not done.cancelled() and done.exception() is None:
             self._remember(credential, done.result())
 
-    def _remember(self, credential: bytes, verdict: _Verdict) -> None:
+    def _remember(self, credential: Credential, verdict: _Verdict) -> None:
         if not verdict.until:
             return  # refused at sight (malformed): nothing worth keeping
         if len(self._cache) >= _CACHE_MAX:
@@ -294,7 +310,7 @@ class Guard:
 
     # API keys, in batches
 
-    def _queue(self, credential: bytes, key_id: str, hashed: bytes) -> "asyncio.Future[_Verdict]":
+    def _queue(self, credential: Credential, key_id: str, hashed: bytes) -> "asyncio.Future[_Verdict]":
         pending = self._lookups[credential] = asyncio.get_running_loop().create_future()
         self._queued[credential] = (key_id, hashed)
         if self._flushing is None:
@@ -334,7 +350,7 @@ class Guard:
                 self._settle(credential, None, asyncio.CancelledError())
             self._queued.clear()
 
-    def _settle(self, credential: bytes, verdict: _Verdict | None, exc: BaseException | None) -> None:
+    def _settle(self, credential: Credential, verdict: _Verdict | None, exc: BaseException | None) -> None:
         pending = self._lookups.pop(credential, None)
         if verdict is not None:
             self._remember(credential, verdict)
@@ -347,6 +363,25 @@ class Guard:
         else:
             pending.set_exception(exc or RuntimeError("lookup failed"))
             pending.exception()  # retrieved: a renewal nobody awaits must not log "never retrieved"
+
+    # Console sessions
+
+    async def key_holder(self, key_id: str) -> Principal | None:
+        """Who API key ``key_id`` stands for now (None: unknown, revoked or expired), for a console session
+        signed in with it, through the same cache and batches as a bearer key: revoking the key ends its
+        sessions on every instance within AUTH_CACHE_SECONDS, its expiry at once. Not on the bearer path: a
+        session is a cookie's, checked in the console."""
+        found = self._cached(("session", key_id))
+        verdict = found if isinstance(found, _Verdict) else await asyncio.shield(found)
+        caller = verdict.caller
+        if caller is None or (caller.expires_at is not None and caller.expires_at <= time.time()):
+            return None
+        return caller
+
+    async def token_holder(self, scope: Scope, token: str) -> Principal:
+        """Who a token stands for (the console's sign-in form), judged as a bearer request's, a refusal
+        counted against the client's IP as a bearer request's: Unauthorized, or TooManyRequests."""
+        return await self._authenticate(scope, b"Bearer " + token.encode("latin-1", "replace"))
 
     @contextmanager
     def long_poll(self, caller: Principal) -> Iterator[None]:
@@ -370,7 +405,9 @@ class Guard:
 
 
 def _key_verdict(until: float, hashed: bytes, record: queries.KeyRecord | None) -> _Verdict:
-    if record is None or not hmac.compare_digest(bytes(record.digest), hashed):
+    """``hashed``: the digest of the token presented, which must be the key's; empty for a console session's
+    key, whose token was checked at sign-in."""
+    if record is None or (hashed and not hmac.compare_digest(bytes(record.digest), hashed)):
         return _Verdict(until, None, "Unknown API key")
     if record.revoked_at is not None:
         return _Verdict(until, None, "API key revoked")

@@ -145,6 +145,44 @@ async def api_key_revoke(
     return None if row is None else _api_key(row)
 
 
+# console_session.sql
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """A signed-in browser's session, as a console request reads it."""
+
+    csrf_token: str
+    actor: str
+    role: Role
+    key_id: str | None
+    expires_at: datetime
+
+
+async def console_session_create(
+    conn: Conn,
+    digest: bytes,
+    csrf_token: str,
+    actor: str,
+    role: Role,
+    key_id: str | None,
+    seconds: float,
+    now: datetime | None = None,
+) -> None:
+    await conn.execute(_CONSOLE_SESSION_CREATE, digest, csrf_token, actor, role, key_id, seconds, now)
+
+
+async def console_session_delete(conn: Conn, digest: bytes) -> None:
+    await conn.execute(_CONSOLE_SESSION_DELETE, digest)
+
+
+async def console_session_get(
+    conn: Conn, digest: bytes, now: datetime | None = None
+) -> ConsoleSession | None:
+    row = await conn.fetchrow(_CONSOLE_SESSION_GET, digest, now)
+    return None if row is None else ConsoleSession(**dict(row))
+
+
 # health.sql
 
 
@@ -643,6 +681,77 @@ async def task_stale_refresh(conn: Conn, station_ids: Sequence[int]) -> int:
     return flagged
 
 
+# ui.sql
+
+
+@dataclass(frozen=True, slots=True)
+class MapStation:
+    id: int
+    name: str
+    short_name: str | None
+    lat: float
+    lon: float
+    capacity: int | None
+    num_bikes_available: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MapArrow:
+    """A pending suggestion (kind 'suggestion') or an open task (kind: its status) between two stations."""
+
+    kind: str
+    id: int
+    from_station_id: int
+    to_station_id: int
+    qty: int
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSeen:
+    worker_id: str
+    current_task_id: int | None
+    lease_expires_at: datetime | None
+    last_seen: datetime | None
+    completed_today: int
+    failures_today: int
+
+
+async def ui_map_arrows(conn: Conn, limit: int) -> list[MapArrow]:
+    return [MapArrow(**dict(row)) for row in await conn.fetch(_UI_MAP_ARROWS, limit)]
+
+
+async def ui_map_stations(conn: Conn) -> list[MapStation]:
+    return [MapStation(**dict(row)) for row in await conn.fetch(_UI_MAP_STATIONS)]
+
+
+async def ui_station_tasks(conn: Conn, station_id: int, limit: int) -> list[Task]:
+    return _tasks(await conn.fetch(_UI_STATION_TASKS, station_id, limit))
+
+
+async def ui_suggestion_list(
+    conn: Conn, station_id: int | None, min_priority: int | None, limit: int
+) -> list[Suggestion]:
+    rows = await conn.fetch(_UI_SUGGESTION_LIST, station_id, min_priority, limit)
+    return [Suggestion(**dict(row)) for row in rows]
+
+
+async def ui_task_list(
+    conn: Conn,
+    status: str | None,
+    worker_id: str | None,
+    station_id: int | None,
+    since: datetime,
+    until: datetime | None,
+    limit: int,
+) -> list[Task]:
+    return _tasks(await conn.fetch(_UI_TASK_LIST, status, worker_id, station_id, since, until, limit))
+
+
+async def ui_worker_list(conn: Conn, day_start: datetime) -> list[WorkerSeen]:
+    return [WorkerSeen(**dict(row)) for row in await conn.fetch(_UI_WORKER_LIST, day_start)]
+
+
 # worker.sql
 
 _WORKER_FIELDS = Worker.__struct_fields__
@@ -707,6 +816,9 @@ _API_KEY_COUNT = _query_text("api_key_count", "one")
 _API_KEY_CREATE = _query_text("api_key_create", "one")
 _API_KEY_LIST = _query_text("api_key_list", "many")
 _API_KEY_REVOKE = _query_text("api_key_revoke", "one")
+_CONSOLE_SESSION_CREATE = _query_text("console_session_create", "exec")
+_CONSOLE_SESSION_DELETE = _query_text("console_session_delete", "exec")
+_CONSOLE_SESSION_GET = _query_text("console_session_get", "one")
 _HEALTH_PING = _query_text("health_ping", "one")
 _MAINTENANCE_TRY_LOCK = _query_text("maintenance_try_lock", "one")
 _MIGRATION_APPLIED = _query_text("migration_applied", "many")
@@ -764,6 +876,12 @@ _TASK_RELEASE = _query_text("task_release", "one")
 _TASK_RESCUE_EXPIRED = _query_text("task_rescue_expired", "many")
 _TASK_RETRY = _query_text("task_retry", "one")
 _TASK_STALE_REFRESH = _query_text("task_stale_refresh", "one")
+_UI_MAP_ARROWS = _query_text("ui_map_arrows", "many")
+_UI_MAP_STATIONS = _query_text("ui_map_stations", "many")
+_UI_STATION_TASKS = _query_text("ui_station_tasks", "many")
+_UI_SUGGESTION_LIST = _query_text("ui_suggestion_list", "many")
+_UI_TASK_LIST = _query_text("ui_task_list", "many")
+_UI_WORKER_LIST = _query_text("ui_worker_list", "many")
 _WORKER_GET = _query_text("worker_get", "one")
 _WORKER_LIST = _query_text("worker_list", "many")
 _WORKER_LOCATE = _query_text("worker_locate", "exec")

@@ -23,7 +23,9 @@ DatabaseUrl = Annotated[str, Meta(pattern="^postgres(ql)?://", description="post
 # `limits` notation: "100/second", "20/second;600/minute".
 RateLimit = Annotated[str, Meta(min_length=1, max_length=200)]
 # Never echoed in an error, a log line or anywhere else.
-SECRETS = frozenset({"database_url", "direct_database_url", "read_database_url", "admin_api_key"})
+SECRETS = frozenset(
+    {"database_url", "direct_database_url", "read_database_url", "admin_api_key", "oidc_client_secret"}
+)
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -120,6 +122,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # A JWKS file instead of the issuer's (air-gapped sites); OIDC_ISSUER still names the expected `iss`.
     oidc_jwks_file: str | None = None
     oidc_role_claim: Annotated[str, Meta(min_length=1, max_length=200)] = "roles"
+    # The console's SSO sign-in (authorization code with PKCE) as this client of OIDC_ISSUER; its secret for
+    # a confidential client (a public client has none). The redirect URI to register:
+    # <console URL>/ui/sso/callback.
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
     # Requests per key by role, and per client IP for requests without a valid token (401s included). The
     # defaults are far above a worker's long-poll and heartbeat rhythm and the ML engine's batches.
     rate_limit_worker: RateLimit = "50/second"
@@ -154,6 +161,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # OpenTelemetry: set, requests and their SQL statements are traced to this OTLP/HTTP collector (the other
     # OTEL_* variables are read by the OpenTelemetry SDK). Unset: tracing is off and costs nothing.
     otel_exporter_otlp_endpoint: str | None = None
+    # The console (/ui): how long a signed-in session lasts (never past its key's or token's expiry).
+    console_session_seconds: Annotated[int, Meta(ge=60, le=30 * 86400)] = 8 * 3600
+    # Map tiles behind the console's map, an XYZ template such as https://tile.example/{z}/{x}/{y}.png. Unset:
+    # a plain background (offline).
+    map_tile_url: Annotated[str, Meta(pattern="^https?://.*\\{z\\}.*\\{x\\}.*\\{y\\}")] | None = None
     # TLS terminated by the service itself; both or neither.
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
@@ -178,6 +190,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together")
         if self.oidc_jwks_file is not None and self.oidc_issuer is None:
             raise ValueError("OIDC_JWKS_FILE needs OIDC_ISSUER, the issuer its tokens must name")
+        if self.oidc_client_id is not None and self.oidc_issuer is None:
+            raise ValueError("OIDC_CLIENT_ID needs OIDC_ISSUER, the provider the console signs in through")
         if self.oidc_issuer is not None and self.oidc_audience is None:
             raise ValueError("OIDC_ISSUER needs OIDC_AUDIENCE, the audience its tokens must name")
 
