@@ -5,6 +5,7 @@ engine reads what became of each from the outcomes feed, a page at a time, resum
 operator registers workers and reads them and the station registry."""
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -234,3 +235,24 @@ async def test_a_failing_position_source_costs_no_task(
 
             await until(extended)
         assert (task.id, (await operator.task(made.id)).status) == (made.id, "completed")
+
+
+async def test_the_worker_command_says_where_the_van_is(server: LiveServer) -> None:
+    await approved(server.url, [(POWELL, CALTRAIN), (LAKE_MERRITT, BERKELEY)])
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        *("baywheels", "worker", "--url", server.url, "--key", ADMIN_KEY, "--worker-id", "cli-2"),
+        *("--delay", "0", "--count", "1", "--at", "37.7973,-122.2653", "--load", "0"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert f"bikes from station {LAKE_MERRITT} to {BERKELEY}" in out.decode()
+    async with Operator(server.url, ADMIN_KEY) as operator:
+        await operator.register_worker("cli-2", capacity=12)
+        assert ((await operator.worker("cli-2")).lat, (await operator.worker("cli-2")).lon) == (
+            37.7973,
+            -122.2653,
+        )
