@@ -50,6 +50,9 @@ async def the_books(url: str, summary: dict[str, Any]) -> list[Task]:
             for outcome in page:
                 if outcome.outcome in ("approved", "dismissed", "expired"):
                     fates[outcome.suggestion_id] = outcome.outcome
+                if outcome.outcome == "dismissed":  # the operator says why, for the ML engine to learn
+                    assert outcome.reason == "fewer than 2 bikes: not worth a van's trip", outcome
+                    assert outcome.qty < 2, outcome
     statuses = Counter(t.status for t in tasks)
     # Nothing is held or stuck once the vans have gone: finished, or ready for the next day.
     assert set(statuses) <= {"completed", "failed", "canceled", "ready"}, statuses

@@ -44,9 +44,6 @@ def add_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         "--stations", type=int, default=60, help="stations made up when the registry has none (60)"
     )
     parser.add_argument(
-        "--made-up", action="store_true", help="made-up stations even when the registry holds some"
-    )
-    parser.add_argument(
         "--write-gbfs",
         type=Path,
         metavar="DIR",
@@ -87,7 +84,6 @@ def simulate(args: argparse.Namespace) -> int:
         van_kmh=args.van_kmh,
         fail_rate=args.fail_rate,
         phone_loss_rate=args.phone_loss_rate,
-        use_registry=not args.made_up,
     )
     if not _ready(config.url, args.wait_ready):
         print(f"baywheels simulate: no service ready at {config.url}/readyz", file=sys.stderr)

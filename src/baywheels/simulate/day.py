@@ -51,7 +51,6 @@ class Config:
     phone_loss_rate: float = 0.02  # per task: the van's phone dies in the middle of it
     phone_outage_minutes: int = 30
     min_qty: int = 2  # the operator approves moves of at least this many bikes, and dismisses smaller ones
-    use_registry: bool = True  # the registry's stations when it holds any (else made up)
 
 
 class NotFresh(Exception):
@@ -172,9 +171,8 @@ class Day:
             pass
 
     async def load_world(self) -> None:
-        """The registry's active stations when it holds any, else the made-up ones."""
-        if not self.config.use_registry:
-            return
+        """The registry's active stations when it holds any (suggestions must name those), else the made-up
+        ones."""
         stations = [s async for s in self.operator.all_stations(active=True)]
         if stations:
             self.world = World.from_registry(stations, self.config.seed, self.config.start_minute)
