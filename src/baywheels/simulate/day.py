@@ -28,6 +28,8 @@ VAN_CAPACITY = 12
 HORIZON_MINUTES = 45
 # A station is short below this share of its docks and over above this one, as forecast.
 SHORT, OVER = 0.25, 0.85
+# The ML engine does not suggest a pair again for this long after an operator dismissed it.
+QUIET_MINUTES = 60
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,9 @@ class Day:
         self.lease_seconds = max(10, math.ceil(self.clock.seconds(config.lease_minutes)))
         self.baseline = 0  # tasks up to this id were there before the day began
         self.outcomes = self.ml.outcomes(START)  # read on from where the feed stood when the day began
+        # What the ML engine learned from the feed: station pairs an operator dismissed, and until when (a
+        # simulated minute) it does not suggest them again.
+        self.quiet: dict[tuple[object, object], float] = {}
 
     async def check_fresh(self) -> None:
         """Refuse a service with open tasks or pending suggestions; remember where its task ids stand."""
@@ -255,10 +260,12 @@ class Day:
                     priority=round(100 * (forecast[station.id] / station.capacity - 1)),
                 )
             )
-        return items
+        now = self.clock.now()
+        return [i for i in items if self.quiet.get((i.from_station_id, i.to_station_id), now) <= now]
 
     async def ml_engine(self) -> None:
         while self.clock.now() < self.end:
+            await self.read_outcomes()  # first: what was dismissed is not suggested again at once
             items = self.view()
             if items:
                 result = await self.ml.post_suggestions(items)
@@ -268,7 +275,6 @@ class Day:
                 for suggestion_id in result.ids:
                     if suggestion_id is not None:
                         self.ledger.suggested_at.setdefault(suggestion_id, now)
-            await self.read_outcomes()
             await self.clock.sleep(self.config.ml_every)
 
     async def read_outcomes(self) -> None:
@@ -283,6 +289,9 @@ class Day:
             ledger.strangers.add(outcome.suggestion_id)
         if outcome.outcome in FATES:
             ledger.fates[outcome.suggestion_id] = outcome.outcome
+        if outcome.outcome == "dismissed":
+            pair = (outcome.from_station_id, outcome.to_station_id)
+            self.quiet[pair] = self.clock.now() + QUIET_MINUTES
         elif outcome.task_id is not None:
             ledger.ended[outcome.task_id] = outcome.outcome
 
