@@ -26,16 +26,45 @@ run: install ## Migrate and serve on http://127.0.0.1:8000 (embedded PostgreSQL 
 	$(BIN)/baywheels serve
 
 # The day needs a service with no open work, so the demo's embedded PostgreSQL starts afresh under .data-demo/
-# each time (DATABASE_URL, if set, is used as it is). SPEED=60 is an hour a minute.
+# each time (DATABASE_URL, if set, is used as it is). Its stations are real to the service: made up (STATIONS,
+# SEED), written as a GBFS feed and imported into the registry first. SPEED=60 is an hour a minute. Suggestions
+# the ML engine stops posting expire after 30 simulated minutes (SUGGESTION_TTL in real seconds). At a
+# terminal the service stays up after the day, for the console, until Ctrl-C; otherwise the demo ends with the
+# simulator's exit code. The service logs warnings and errors only (DEMO_LOG_LEVEL).
 DEMO_PORT ?= 8000
 SPEED ?= 60
-demo: install ## The service and a simulated day against it (ML engine, operator, vans); Ctrl-C stops both
+STATIONS ?= 60
+VANS ?= 12
+SEED ?= 1
+DEMO_LOG_LEVEL ?= warning
+demo: install ## The service and a simulated day against it (ML engine, operator, vans), watched at /ui
 	@if [ -z "$$DATABASE_URL" ]; then rm -rf .data-demo; fi
-	@# One admin key for this demo's service and simulator, made up here (ADMIN_API_KEY), never written down.
+	@mkdir -p .data-demo
+	@$(BIN)/baywheels simulate --write-gbfs .data-demo/gbfs --stations $(STATIONS) --seed $(SEED)
+	@LOG_LEVEL=$(DEMO_LOG_LEVEL) DATA_DIR=.data-demo $(BIN)/baywheels stations import .data-demo/gbfs
+	@# One admin key for this demo's service and simulator, made up here (ADMIN_API_KEY), kept in a file only
+	@# this user can read, for signing in to the console. It stands in for every caller (ML engine, operator,
+	@# all the vans), so its rate limit is lifted (RATE_LIMIT_ADMIN).
 	@key=$$($(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(32))'); \
-	  DATA_DIR=.data-demo PORT=$(DEMO_PORT) ACCESS_LOG=false ADMIN_API_KEY=$$key $(BIN)/baywheels serve & server=$$!; \
+	  (umask 077 && printf '%s\n' "$$key" > .data-demo/admin-api-key); \
+	  ttl=$$(awk 'BEGIN { print 1800 / $(SPEED) }'); \
+	  SUGGESTION_TTL=$$ttl LOG_LEVEL=$(DEMO_LOG_LEVEL) ACCESS_LOG=false RATE_LIMIT_ADMIN=1000000/second \
+	    DATA_DIR=.data-demo PORT=$(DEMO_PORT) ADMIN_API_KEY=$$key \
+	    $(BIN)/baywheels serve & server=$$!; \
 	  trap 'kill $$server 2>/dev/null; wait $$server' EXIT INT TERM; \
-	  $(BIN)/baywheels simulate --url http://127.0.0.1:$(DEMO_PORT) --key $$key --speed $(SPEED) --wait-ready 120
+	  url=http://127.0.0.1:$(DEMO_PORT); \
+	  signin="sign in with the demo's admin key: cat .data-demo/admin-api-key"; \
+	  echo "The console: $$url/ui ($$signin)"; \
+	  echo "The API: curl -H \"Authorization: Bearer \$$(cat .data-demo/admin-api-key)\" $$url/stats"; \
+	  $(BIN)/baywheels simulate --url $$url --key $$key --speed $(SPEED) --vans $(VANS) --seed $(SEED) \
+	    --wait-ready 120; \
+	  status=$$?; \
+	  if [ -t 0 ] && [ $$status -eq 0 ]; then \
+	    echo "The day is over; the service stays up for the console at $$url/ui ($$signin)."; \
+	    echo "Ctrl-C stops it."; \
+	    wait $$server; \
+	  fi; \
+	  exit $$status
 
 migrate: install ## Apply pending migrations (DATABASE_URL, or the embedded server under .data/)
 	$(BIN)/baywheels migrate

@@ -217,10 +217,10 @@ async def test_dismissals_outcomes_and_the_overview(client: httpx.AsyncClient) -
     await operator.approve(ids[0])
     result = await operator.dismiss([ids[1], ids[2], ids[1], 999_999], "closed")
     assert (result.dismissed, result.not_pending) == ([ids[1], ids[2]], [999_999])
-    first = await ml.outcomes(limit=2)
+    first = await ml.outcomes_page(limit=2)
     assert [(o.suggestion_id, o.outcome) for o in first] == [(ids[0], "approved"), (ids[1], "dismissed")]
-    rest = await ml.outcomes(first[-1].cursor)
+    rest = await ml.outcomes_page(first[-1].cursor)
     assert [(o.suggestion_id, o.outcome, o.reason) for o in rest] == [(ids[2], "dismissed", "closed")]
-    assert await ml.outcomes(rest[-1].cursor) == []
+    assert await ml.outcomes_page(rest[-1].cursor) == []
     stats = await operator.stats()
     assert (stats.counts.ready, stats.last_24h.created) == (1, 1)

@@ -3,7 +3,7 @@
 scripts. Answers are the service's own Structs (``baywheels.models``). Needs the ``client`` extra
 (``pip install 'baywheels[client]'``, for httpx)."""
 
-from ..models import SuggestionIn, Task
+from ..models import Position, SuggestionIn, SuggestionOutcome, Task
 from .base import Retry
 from .errors import (
     APIError,
@@ -14,11 +14,12 @@ from .errors import (
     Forbidden,
     LeaseLost,
     NotFound,
+    OffShift,
     TooManyRequests,
     Unauthorized,
     Unavailable,
 )
-from .ml import MLEngine
+from .ml import MLEngine, Outcomes
 from .operator import Operator
 from .worker import Worker
 
@@ -32,9 +33,13 @@ __all__ = [
     "LeaseLost",
     "MLEngine",
     "NotFound",
+    "OffShift",
     "Operator",
+    "Outcomes",
+    "Position",
     "Retry",
     "SuggestionIn",
+    "SuggestionOutcome",
     "Task",
     "TooManyRequests",
     "Unauthorized",

@@ -5,6 +5,7 @@ import asyncio
 import os
 import sys
 
+from ..models import Position
 from .errors import ClientError, LeaseLost
 from .worker import MAX_WAIT, Worker
 
@@ -35,10 +36,28 @@ def add_worker_command(commands: "argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument("--lease", type=int, help="lease seconds (default: the service's TASK_LEASE_SECONDS)")
     parser.add_argument("--count", type=int, help="stop after this many tasks (default: never)")
+    parser.add_argument(
+        "--at",
+        type=_position,
+        metavar="LAT,LON",
+        help="where the van is, sent with each call: the service hands it the nearest task it can carry",
+    )
+    parser.add_argument("--load", type=int, help="bikes on the van (with --at)")
+
+
+def _position(value: str) -> tuple[float, float]:
+    lat, _, lon = value.partition(",")
+    try:
+        return float(lat), float(lon)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a position, LAT,LON (37.7786,-122.3893)") from None
 
 
 async def _work(args: argparse.Namespace) -> None:
-    async with Worker(args.url, args.key, args.worker_id, lease_seconds=args.lease) as worker:
+    here = None if args.at is None else Position(lat=args.at[0], lon=args.at[1], load=args.load)
+    async with Worker(
+        args.url, args.key, args.worker_id, lease_seconds=args.lease, position=lambda: here
+    ) as worker:
         done = 0
         while args.count is None or done < args.count:
             try:

@@ -42,6 +42,11 @@ class NotFound(APIError):
     pass
 
 
+class OffShift(NotFound):
+    """The worker is registered as off shift: the service dispatches nothing to it until an operator puts it
+    back on shift (``PUT /workers/{id}``). Not the same as no task being ready (dispatch returns None)."""
+
+
 class Conflict(APIError):
     pass
 

@@ -1,8 +1,10 @@
 """The ML engine: posts its view of the stations as suggestions, in batches the service accepts, and reads
 back what became of them."""
 
+import asyncio
 import typing
 from collections.abc import Iterator, Sequence
+from typing import Self
 
 import msgspec
 
@@ -13,6 +15,9 @@ from .base import BaseClient
 BATCH_MAX: int = next(m.max_length for m in typing.get_args(SuggestionBatch)[1:] if m.max_length)
 # The service's default MAX_BODY_BYTES (10 MiB); a service configured lower needs ``max_bytes`` to match.
 BODY_MAX = 10 * 1024 * 1024
+# The outcomes feed's beginning, and the most rows of one page (OutcomePage).
+START = "0-0"
+OUTCOMES_PAGE_MAX = 1000
 
 
 class MLEngine(BaseClient):
@@ -41,11 +46,49 @@ class MLEngine(BaseClient):
             ids += result.ids
         return IngestResult(created=created, updated=updated, duplicates=duplicates, ids=ids)
 
-    async def outcomes(self, after: str = "0-0", limit: int = 1000) -> list[SuggestionOutcome]:
-        """The changes of fate after the cursor ``after``; keep the last one's ``cursor`` for the next call
-        (an empty list: nothing new yet)."""
+    def outcomes(
+        self, after: str = START, *, limit: int = OUTCOMES_PAGE_MAX, poll: float | None = None
+    ) -> "Outcomes":
+        """What became of the suggestions, a page at a time from the cursor ``after`` (the beginning unless
+        given: pass a cursor saved before to resume there): ``async for page in engine.outcomes(saved):``.
+        Without ``poll`` the pages end when the feed is caught up; with it, an empty page is asked for again
+        ``poll`` seconds later, for ever. See ``Outcomes``."""
+        if not 1 <= limit <= OUTCOMES_PAGE_MAX:
+            raise ValueError(f"limit must be 1..{OUTCOMES_PAGE_MAX}")
+        return Outcomes(self, after, limit, poll)
+
+    async def outcomes_page(
+        self, after: str = START, limit: int = OUTCOMES_PAGE_MAX
+    ) -> list[SuggestionOutcome]:
+        """One page of ``GET /suggestions/outcomes``: the changes after the cursor ``after``, in order."""
         params: dict[str, str | int] = {"after": after, "limit": limit}
         return await self.call("GET", "/suggestions/outcomes", list[SuggestionOutcome], params=params)
+
+
+class Outcomes:
+    """The outcomes feed as an async iterator of non-empty pages. ``cursor`` is the last row's of the page
+    handed out last (``after`` before the first): save it once that page is dealt with, and a restart that
+    passes it to ``MLEngine.outcomes`` reads on from the next change, so nothing is missed and, at worst, the
+    page in hand when the process died is read twice."""
+
+    def __init__(self, engine: MLEngine, after: str, limit: int, poll: float | None) -> None:
+        self.cursor = after
+        self._engine = engine
+        self._limit = limit
+        self._poll = poll
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> list[SuggestionOutcome]:
+        while True:
+            page = await self._engine.outcomes_page(self.cursor, self._limit)
+            if page:
+                self.cursor = page[-1].cursor
+                return page
+            if self._poll is None:
+                raise StopAsyncIteration
+            await asyncio.sleep(self._poll)
 
 
 def _chunks(encoded: list[bytes], batch_size: int, max_bytes: int) -> Iterator[list[bytes]]:

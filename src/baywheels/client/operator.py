@@ -1,8 +1,10 @@
-"""An operator (or the console): approve or dismiss suggestions, cancel and retry tasks, read tasks,
-suggestions and the overview."""
+"""An operator (or the console): approve or dismiss suggestions, cancel and retry tasks, register workers, and
+read tasks, suggestions, workers and stations."""
 
 from collections.abc import AsyncIterator, Sequence
+from urllib.parse import quote
 
+from .. import models
 from ..models import (
     ApproveManyRequest,
     ApproveManyResult,
@@ -10,15 +12,19 @@ from ..models import (
     DismissRequest,
     DismissResult,
     OperatorRequest,
+    Station,
+    StationDetail,
     Stats,
     Suggestion,
     Task,
     TaskEvent,
     TaskStatus,
+    WorkerIn,
 )
 from .base import BaseClient
 
-# The service's limits (ApproveManyRequest, the pages of GET /tasks and GET /suggestions).
+# The service's limits (ApproveManyRequest, DismissRequest, the pages of GET /tasks, /suggestions, /workers
+# and /stations).
 APPROVE_MAX = 1000
 PAGE_MAX = 1000
 
@@ -43,7 +49,9 @@ class Operator(BaseClient):
         return ApproveManyResult(tasks=tasks, not_found=not_found)
 
     async def dismiss(self, suggestion_ids: Sequence[int], reason: str) -> DismissResult:
-        """Dismiss in batches of the service's limit, each one transaction; the results added up."""
+        """Dismiss pending suggestions with a reason (the ML engine reads it back from the outcomes), in
+        batches of the service's limit, each one transaction; the results added up. Ids that were not pending
+        (approved, dismissed or expired before, or unknown) come back in ``not_pending``."""
         dismissed: list[int] = []
         not_pending: list[int] = []
         ids = list(dict.fromkeys(suggestion_ids))
@@ -116,3 +124,89 @@ class Operator(BaseClient):
             if len(page) < PAGE_MAX:
                 return
             after_id = page[-1].id
+
+    async def register_worker(
+        self,
+        worker_id: str,
+        *,
+        capacity: int,
+        name: str | None = None,
+        on_shift: bool = True,
+        depot_station_id: int | None = None,
+    ) -> models.Worker:
+        """Register a worker (a van carrying ``capacity`` bikes), or update its registration; its last
+        position is kept. Off shift, it is dispatched nothing."""
+        body = WorkerIn(
+            name=name or worker_id, capacity=capacity, depot_station_id=depot_station_id, on_shift=on_shift
+        )
+        return await self.call("PUT", f"/workers/{_segment(worker_id)}", models.Worker, body=body)
+
+    async def worker(self, worker_id: str) -> models.Worker:
+        """A registered worker: its last position, load and task in hand (``NotFound`` if unregistered)."""
+        return await self.call("GET", f"/workers/{_segment(worker_id)}", models.Worker)
+
+    async def workers(self, *, limit: int = PAGE_MAX, after: str = "") -> list[models.Worker]:
+        """One page of registered workers, by worker id, after the worker id ``after``."""
+        params: dict[str, str | int] = {"limit": limit, "after": after}
+        return await self.call("GET", "/workers", list[models.Worker], params=params)
+
+    async def all_workers(self) -> AsyncIterator[models.Worker]:
+        after = ""
+        while True:
+            page = await self.workers(after=after)
+            for worker in page:
+                yield worker
+            if len(page) < PAGE_MAX:
+                return
+            after = page[-1].worker_id
+
+    async def stations(
+        self,
+        *,
+        near: tuple[float, float, float] | None = None,
+        fill_below: float | None = None,
+        fill_above: float | None = None,
+        active: bool | None = None,
+        limit: int = PAGE_MAX,
+        after_id: int = 0,
+    ) -> list[Station]:
+        """One page of the station registry, by id: within ``near`` = (lat, lon, radius_km), with bikes /
+        capacity at most ``fill_below`` or at least ``fill_above``, active or not."""
+        params: dict[str, str | int] = {"limit": limit, "after_id": after_id}
+        if near is not None:
+            params |= {"lat": str(near[0]), "lon": str(near[1]), "radius_km": str(near[2])}
+        for name, value in (("fill_below", fill_below), ("fill_above", fill_above)):
+            if value is not None:
+                params[name] = str(value)
+        if active is not None:
+            params["active"] = "true" if active else "false"
+        return await self.call("GET", "/stations", list[Station], params=params)
+
+    async def all_stations(
+        self,
+        *,
+        near: tuple[float, float, float] | None = None,
+        fill_below: float | None = None,
+        fill_above: float | None = None,
+        active: bool | None = None,
+    ) -> AsyncIterator[Station]:
+        """Every station so filtered, following the pages."""
+        after_id = 0
+        while True:
+            page = await self.stations(
+                near=near, fill_below=fill_below, fill_above=fill_above, active=active, after_id=after_id
+            )
+            for station in page:
+                yield station
+            if len(page) < PAGE_MAX:
+                return
+            after_id = page[-1].id
+
+    async def station(self, station_id: int) -> StationDetail:
+        """One station with its pending suggestions, open tasks and last finished tasks."""
+        return await self.call("GET", f"/stations/{station_id}", StationDetail)
+
+
+def _segment(worker_id: str) -> str:
+    """A worker id as one path segment (ids may hold any character but NUL)."""
+    return quote(worker_id, safe="")

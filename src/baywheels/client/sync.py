@@ -10,7 +10,20 @@ from typing import Any, Self, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ..models import ApproveManyResult, IngestResult, Suggestion, SuggestionIn, Task, TaskEvent, TaskStatus
+from .. import models
+from ..models import (
+    ApproveManyResult,
+    DismissResult,
+    IngestResult,
+    Station,
+    StationDetail,
+    Suggestion,
+    SuggestionIn,
+    SuggestionOutcome,
+    Task,
+    TaskEvent,
+    TaskStatus,
+)
 from . import ml, operator, worker
 from .base import DEFAULT_RETRY, BaseClient, Retry
 
@@ -55,12 +68,20 @@ class Worker(_Blocking):
         worker_id: str = "worker",
         *,
         lease_seconds: int | None = None,
+        position: worker.PositionSource | None = None,
         retry: Retry = DEFAULT_RETRY,
         timeout: float = 10.0,
     ) -> None:
+        """As the async ``Worker``; ``position`` is called on the client's thread."""
         super().__init__(
             lambda: worker.Worker(
-                base_url, key, worker_id, lease_seconds=lease_seconds, retry=retry, timeout=timeout
+                base_url,
+                key,
+                worker_id,
+                lease_seconds=lease_seconds,
+                position=position,
+                retry=retry,
+                timeout=timeout,
             )
         )
         self.worker_id = worker_id
@@ -105,8 +126,35 @@ class MLEngine(_Blocking):
     def post_suggestions(
         self, items: Sequence[SuggestionIn], *, batch_size: int = ml.BATCH_MAX
     ) -> IngestResult:
+        return self._run(self._ml.post_suggestions, items, batch_size=batch_size)
+
+    @property
+    def _ml(self) -> ml.MLEngine:
         assert isinstance(self._client, ml.MLEngine)
-        return self._run(self._client.post_suggestions, items, batch_size=batch_size)
+        return self._client
+
+    def outcomes_page(
+        self, after: str = ml.START, limit: int = ml.OUTCOMES_PAGE_MAX
+    ) -> list[SuggestionOutcome]:
+        return self._run(self._ml.outcomes_page, after, limit)
+
+    def outcomes(self, after: str = ml.START, *, limit: int = ml.OUTCOMES_PAGE_MAX) -> "Outcomes":
+        """As the async ``MLEngine.outcomes`` (without ``poll``): the pages up to now, ``cursor`` kept."""
+        return Outcomes(self, after, limit)
+
+
+class Outcomes:
+    """The outcomes feed's pages up to now; ``cursor`` as in the async ``Outcomes``."""
+
+    def __init__(self, engine: MLEngine, after: str, limit: int) -> None:
+        self.cursor = after
+        self._engine = engine
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[list[SuggestionOutcome]]:
+        while page := self._engine.outcomes_page(self.cursor, self._limit):
+            self.cursor = page[-1].cursor
+            yield page
 
 
 class Operator(_Blocking):
@@ -157,3 +205,53 @@ class Operator(_Blocking):
 
     def suggestions(self, *, limit: int = operator.PAGE_MAX, after_id: int = 0) -> list[Suggestion]:
         return self._run(self._operator.suggestions, limit=limit, after_id=after_id)
+
+    def dismiss(self, suggestion_ids: Sequence[int], reason: str) -> DismissResult:
+        return self._run(self._operator.dismiss, suggestion_ids, reason)
+
+    def register_worker(
+        self,
+        worker_id: str,
+        *,
+        capacity: int,
+        name: str | None = None,
+        on_shift: bool = True,
+        depot_station_id: int | None = None,
+    ) -> models.Worker:
+        return self._run(
+            self._operator.register_worker,
+            worker_id,
+            capacity=capacity,
+            name=name,
+            on_shift=on_shift,
+            depot_station_id=depot_station_id,
+        )
+
+    def worker(self, worker_id: str) -> models.Worker:
+        return self._run(self._operator.worker, worker_id)
+
+    def workers(self, *, limit: int = operator.PAGE_MAX, after: str = "") -> list[models.Worker]:
+        return self._run(self._operator.workers, limit=limit, after=after)
+
+    def stations(
+        self,
+        *,
+        near: tuple[float, float, float] | None = None,
+        fill_below: float | None = None,
+        fill_above: float | None = None,
+        active: bool | None = None,
+        limit: int = operator.PAGE_MAX,
+        after_id: int = 0,
+    ) -> list[Station]:
+        return self._run(
+            self._operator.stations,
+            near=near,
+            fill_below=fill_below,
+            fill_above=fill_above,
+            active=active,
+            limit=limit,
+            after_id=after_id,
+        )
+
+    def station(self, station_id: int) -> StationDetail:
+        return self._run(self._operator.station, station_id)

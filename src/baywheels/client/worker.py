@@ -4,6 +4,7 @@ happens to the code in between."""
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -15,11 +16,12 @@ from ..models import (
     FailRequest,
     HeartbeatRequest,
     HolderRequest,
+    Position,
     ReleaseRequest,
     Task,
 )
 from .base import DEFAULT_RETRY, NO_RETRY, BaseClient, Retry
-from .errors import ClientError, Conflict, LeaseLost, NotFound
+from .errors import ClientError, Conflict, LeaseLost, NotFound, OffShift
 
 log = logging.getLogger("baywheels.client")
 
@@ -32,6 +34,12 @@ WAIT_MARGIN = 10.0
 ERROR_MAX = 2000
 # A worker giving a task back while it stops does not wait long for the service.
 SHUTDOWN_RETRY = Retry(attempts=2, backoff=0.2, max_delay=1.0)
+# What the service's 404 says of a worker registered as off shift (handlers/dispatch.py), unlike "no task".
+OFF_SHIFT = "is off shift"
+
+# Where the van is now, asked before each dispatch, heartbeat and pickup: a ``Position`` (``lat``, ``lon``,
+# and optionally ``accuracy_m`` and ``load``, the bikes on board), or None when the phone has no fix.
+PositionSource = Callable[[], Position | None]
 
 
 class Worker(BaseClient):
@@ -44,6 +52,12 @@ class Worker(BaseClient):
     lease ran out and the task went to someone else) the block is cancelled and ``LeaseLost`` raised in its
     place. A worker may hold several tasks at once, each in its own block.
 
+    ``position``, when given, is asked where the van is before each dispatch, heartbeat and pickup, and its
+    answer sent with the call: the service keeps it as the worker's last position, and a dispatch with a
+    position gets the best task for that van (the nearest pickup it can carry, ``load`` counted against its
+    registered capacity). A worker registered as off shift gets ``OffShift`` (a ``NotFound``) from dispatch
+    and ``next_task``, where no task ready is None (dispatch) or another long poll (``next_task``).
+
     The other methods are the single calls, for code that manages a task itself."""
 
     def __init__(
@@ -53,6 +67,7 @@ class Worker(BaseClient):
         worker_id: str = "worker",
         *,
         lease_seconds: int | None = None,
+        position: PositionSource | None = None,
         http: httpx.AsyncClient | None = None,
         retry: Retry = DEFAULT_RETRY,
         timeout: float = 10.0,
@@ -60,6 +75,23 @@ class Worker(BaseClient):
         super().__init__(base_url, key, http=http, retry=retry, timeout=timeout)
         self.worker_id = worker_id
         self.lease_seconds = lease_seconds
+        self.position = position
+
+    def located(self) -> dict[str, Any]:
+        """The position fields of a request (``lat``, ``lon``, ``accuracy_m``, ``load``): the source's
+        answer now, or none at all (also when the source fails: a broken GPS must not cost the task)."""
+        if self.position is None:
+            return {}
+        try:
+            where = self.position()
+        except Exception:
+            log.warning(
+                "the position source of %s failed; sent without a position", self.worker_id, exc_info=True
+            )
+            return {}
+        if where is None:
+            return {}
+        return {"lat": where.lat, "lon": where.lon, "accuracy_m": where.accuracy_m, "load": where.load}
 
     def next_task(self, wait: float = 20, *, lease_seconds: int | None = None) -> "Claim":
         """Long-poll (``wait`` seconds per request, again and again) until a task is ready, then hold it for
@@ -73,10 +105,14 @@ class Worker(BaseClient):
     ) -> Task | None:
         """One request for the next task: the task, leased to this worker, or None when none was ready within
         ``wait`` seconds. It carries an ``Idempotency-Key`` (a fresh one unless given) that its retries after
-        a lost answer reuse, so the answer's loss never costs a second task."""
+        a lost answer reuse, so the answer's loss never costs a second task. ``OffShift`` when the worker is
+        registered as off shift."""
         key = idempotency_key or f"{secrets.token_hex(12)}"
         body = DispatchRequest(
-            worker_id=self.worker_id, lease_seconds=lease_seconds or self.lease_seconds, wait_seconds=wait
+            worker_id=self.worker_id,
+            lease_seconds=lease_seconds or self.lease_seconds,
+            wait_seconds=wait,
+            **self.located(),
         )
         try:
             return await self.call(
@@ -87,21 +123,24 @@ class Worker(BaseClient):
                 headers={"Idempotency-Key": key},
                 request_timeout=max(self.timeout, wait + WAIT_MARGIN),
             )
-        except NotFound:
+        except NotFound as exc:
+            if OFF_SHIFT in exc.detail:
+                raise OffShift(exc.status, exc.detail, exc.request_id) from None
             return None
 
     async def heartbeat(
         self, task: Task, *, lease_seconds: int | None = None, retry: Retry | None = None
     ) -> Task:
         """Extend the lease (by ``lease_seconds``, else by its length at dispatch)."""
-        body = HeartbeatRequest(worker_id=self.worker_id, lease_id=task.lease_id, lease_seconds=lease_seconds)
+        body = HeartbeatRequest(
+            worker_id=self.worker_id, lease_id=task.lease_id, lease_seconds=lease_seconds, **self.located()
+        )
         return await self._hold(task, "heartbeat", body, retry=retry)
 
     async def pickup(self, task: Task) -> Task:
         """The bikes are on the van: from now on a lost lease stalls the task for an operator."""
-        return await self._hold(
-            task, "pickup", HolderRequest(worker_id=self.worker_id, lease_id=task.lease_id)
-        )
+        body = HolderRequest(worker_id=self.worker_id, lease_id=task.lease_id, **self.located())
+        return await self._hold(task, "pickup", body)
 
     async def complete(self, task: Task) -> Task:
         body = CompleteRequest(worker_id=self.worker_id, lease_id=task.lease_id)
@@ -174,7 +213,9 @@ class Claim:
                     "POST",
                     f"/task/{task.id}/heartbeat",
                     type(None),
-                    body=HeartbeatRequest(worker_id=self._worker.worker_id, lease_id=task.lease_id),
+                    body=HeartbeatRequest(
+                        worker_id=self._worker.worker_id, lease_id=task.lease_id, **self._worker.located()
+                    ),
                     request_timeout=interval,
                     retry=NO_RETRY,
                 )

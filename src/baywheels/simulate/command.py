@@ -5,6 +5,7 @@ import asyncio
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,6 +13,7 @@ import httpx
 from ..client.commands import add_arguments
 from ..client.errors import ClientError
 from .day import Config, NotFresh, run
+from .world import World, write_gbfs
 
 
 def _clock(value: str) -> int:
@@ -28,15 +30,25 @@ def add_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
         help="a day of a bike-share against a running service: ML engine, operator, vans",
         description=(
             "Runs an ML engine, an operator and vans against the service at --url, through its API only, "
-            "in a made-up Bay Area, and prints a summary checked against the service's own counts. Needs a "
-            "service with no open tasks or pending suggestions (a fresh database)."
+            "on the stations of its registry (else on --stations made up in the Bay Area), and prints a "
+            "summary checked against the service's own counts and outcomes feed. Needs a service with no "
+            "open tasks or pending suggestions (a fresh database). --write-gbfs DIR writes the made-up "
+            "stations as a GBFS feed for `baywheels stations import DIR` instead, and exits."
         ),
     )
     add_arguments(parser)
     parser.add_argument("--ml-key", help="key of the ML engine (default --key)")
     parser.add_argument("--operator-key", help="key of the operator (default --key)")
     parser.add_argument("--worker-key", help="key of the vans (default --key)")
-    parser.add_argument("--stations", type=int, default=60, help="stations made up in the Bay Area (60)")
+    parser.add_argument(
+        "--stations", type=int, default=60, help="stations made up when the registry has none (60)"
+    )
+    parser.add_argument(
+        "--write-gbfs",
+        type=Path,
+        metavar="DIR",
+        help="write the made-up stations (--stations, --seed) as a GBFS v2.3 feed into DIR and exit",
+    )
     parser.add_argument("--vans", type=int, default=12, help="vans (12); hundreds run on one core")
     parser.add_argument("--speed", type=float, default=60.0, help="simulated seconds per real second (60)")
     parser.add_argument("--seed", type=int, default=1, help="the same seed, the same stations and demand (1)")
@@ -52,6 +64,12 @@ def add_command(commands: "argparse._SubParsersAction[argparse.ArgumentParser]")
 
 
 def simulate(args: argparse.Namespace) -> int:
+    if args.write_gbfs is not None:
+        write_gbfs(World.made_up(args.stations, args.seed, args.start), args.write_gbfs)
+        print(
+            f"Wrote {args.stations} made-up stations (seed {args.seed}) as a GBFS feed in {args.write_gbfs}"
+        )
+        return 0
     config = Config(
         url=args.url,
         ml_key=args.ml_key or args.key,
@@ -108,10 +126,10 @@ def render(s: dict[str, Any]) -> str:
     hours = s["simulated_minutes"] / 60
     median = s["median_suggestion_to_completion_minutes"]
     lines = [
-        f"A simulated {hours:g} h ({s['wall_seconds']} s at {s['speed']:g}x): {s['stations']} stations, "
-        f"{s['vans']} vans, seed {s['seed']}",
+        f"A simulated {hours:g} h ({s['wall_seconds']} s at {s['speed']:g}x): {s['stations']} stations "
+        f"({s['stations_from']}), {s['vans']} vans, seed {s['seed']}",
         f"  suggestions  {sug['posted']} posted, {sug['created']} created: {sug['approved']} approved, "
-        f"{sug['pending']} pending, {sug['dismissed']} dismissed, {sug['expired']} expired",
+        f"{sug['dismissed']} dismissed, {sug['expired']} expired, {sug['pending']} pending",
         f"  tasks        {tasks['created']} created: {tasks['completed']} done, "
         f"{tasks['canceled']} canceled, {tasks['failed']} failed, {tasks['ready']} still open",
         f"  bikes moved  {s['bikes_moved']}   median suggestion -> completion "

@@ -1,11 +1,19 @@
-"""The simulated bike-share: stations made up in the Bay Area, riders who follow the commute, bikes that are
-never created or lost. No HTTP here: the ML engine reads this world, the vans change it."""
+"""The simulated bike-share: stations from the registry (or made up in the Bay Area), riders who follow the
+commute, bikes that are never created or lost. No HTTP here: the ML engine reads this world, the vans change
+it. ``gbfs_files`` writes made-up stations as a GBFS feed, for the registry to import (``make demo``)."""
 
 import heapq
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Literal
+
+import msgspec
+
+from .. import models
 
 Kind = Literal["residential", "downtown"]
 KINDS: tuple[Kind, ...] = ("residential", "downtown")
@@ -27,6 +35,9 @@ PEAK_RATE = 0.22
 MORNING, EVENING, PEAK_WIDTH = 8.25, 17.5, 1.1
 # During a peak this share of rides goes the commute's way (to downtown in the morning, home in the evening).
 COMMUTE_SHARE = 0.8
+# A registry's station without a capacity is given this one.
+DEFAULT_CAPACITY = 20
+SHORT = {"San Francisco": "SF", "Oakland": "OK", "San Jose": "SJ"}
 
 
 @dataclass
@@ -42,8 +53,12 @@ class Station:
 
 def km(a: Station, b: Station) -> float:
     """Distance by the haversine formula."""
-    p1, p2 = math.radians(a.lat), math.radians(b.lat)
-    dp, dl = p2 - p1, math.radians(b.lon - a.lon)
+    return km_between(a.lat, a.lon, b.lat, b.lon)
+
+
+def km_between(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
     h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
     return 2 * 6371.0 * math.asin(math.sqrt(h))
 
@@ -64,6 +79,12 @@ class World:
     ran_empty: set[int] = field(default_factory=set)
     _arrivals: list[tuple[float, int, int]] = field(default_factory=list)  # (minute, seq, station)
     _seq: int = 0
+    _by_id: dict[int, Station] = field(default_factory=dict)
+    _by_city: dict[int, list[Station]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._by_id = {s.id: s for s in self.stations}
+        self._by_city = {city: [s for s in self.stations if s.city == city] for city in range(len(CITIES))}
 
     @classmethod
     def made_up(cls, n: int, seed: int, start_minute: int) -> "World":
@@ -88,11 +109,33 @@ class World:
             )
         return cls(stations, rng, start_minute)
 
+    @classmethod
+    def from_registry(cls, registry: Sequence[models.Station], seed: int, start_minute: int) -> "World":
+        """The registry's stations, each in the nearest of the three cities; the ones nearest their city's
+        downtown (DOWNTOWN_SHARE of them) are its downtown, the rest residential. Bikes as the registry last
+        heard, else a random share of the docks."""
+        rng = random.Random(seed)
+        stations = []
+        for s in registry:
+            city = min(range(len(CITIES)), key=lambda c: km_between(s.lat, s.lon, CITIES[c][1], CITIES[c][2]))
+            capacity = s.capacity or DEFAULT_CAPACITY
+            bikes = s.num_bikes_available
+            if bikes is None:
+                bikes = round(capacity * rng.uniform(0.35, 0.75))
+            stations.append(Station(s.id, city, "residential", s.lat, s.lon, capacity, min(bikes, capacity)))
+        for city, (_, lat, lon, _) in enumerate(CITIES):
+            mine = sorted(
+                (s for s in stations if s.city == city), key=lambda s: km_between(s.lat, s.lon, lat, lon)
+            )
+            for station in mine[: round(DOWNTOWN_SHARE * len(mine))]:
+                station.kind = "downtown"
+        return cls(stations, rng, start_minute)
+
     def station(self, station_id: int) -> Station:
-        return self.stations[station_id - 1]
+        return self._by_id[station_id]
 
     def in_city(self, city: int) -> list[Station]:
-        return [s for s in self.stations if s.city == city]
+        return self._by_city[city]
 
     def out_rate(self, kind: Kind, minute: float) -> float:
         hour = (minute / 60) % 24
@@ -184,6 +227,60 @@ class World:
     @property
     def total_bikes(self) -> int:
         return sum(s.bikes for s in self.stations) + len(self._arrivals)
+
+
+def gbfs_files(world: World, timezone: str = "America/Los_Angeles") -> dict[str, bytes]:
+    """The world's stations as a GBFS v2.3 feed (``station_information``, ``station_status``,
+    ``system_information``), by file name; their ``station_id`` is the id, so an import keeps the ids."""
+    now = int(datetime.now(UTC).timestamp())
+    numbers: dict[tuple[int, Kind], int] = {}
+    info, status = [], []
+    for s in world.stations:
+        city = CITIES[s.city][0]
+        n = numbers[s.city, s.kind] = numbers.get((s.city, s.kind), 0) + 1
+        info.append(
+            {
+                "station_id": str(s.id),
+                "short_name": f"{SHORT[city]}-{s.kind[0].upper()}{n:02d}",
+                "name": f"{city} {s.kind} {n}",
+                "lat": round(s.lat, 6),
+                "lon": round(s.lon, 6),
+                "capacity": s.capacity,
+            }
+        )
+        status.append(
+            {
+                "station_id": str(s.id),
+                "num_bikes_available": s.bikes,
+                "num_docks_available": max(0, s.capacity - s.bikes),
+                "is_installed": True,
+                "is_renting": True,
+                "is_returning": True,
+                "last_reported": now,
+            }
+        )
+    system = {
+        "system_id": "baywheels-simulated",
+        "language": "en",
+        "name": "A simulated Bay Area",
+        "timezone": timezone,
+    }
+
+    def file(data: object) -> bytes:
+        return msgspec.json.encode({"last_updated": now, "ttl": 60, "version": "2.3", "data": data})
+
+    return {
+        "station_information.json": file({"stations": info}),
+        "station_status.json": file({"stations": status}),
+        "system_information.json": file(system),
+    }
+
+
+def write_gbfs(world: World, folder: Path) -> None:
+    """``gbfs_files`` into ``folder`` (made if need be), for ``baywheels stations import FOLDER``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in gbfs_files(world).items():
+        (folder / name).write_bytes(body)
 
 
 def _poisson(rng: random.Random, rate: float) -> int:
