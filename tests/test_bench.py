@@ -67,6 +67,10 @@ ROWS = [
     "first 1 s -> last 1 s, dispatches/s",
     "ready-index blocks per dispatch, first -> last",
     "AUTH=off -> on, dispatches/s",
+    "without a position, dispatches/s",
+    "with a position, dispatches/s",
+    "with / without",
+    "with a position, p99 ms",
 ]
 
 
@@ -87,6 +91,7 @@ async def test_every_scenario_runs_and_the_invariant_holds(
     assert set(report["results"]) == {
         "dispatch",
         "dispatch_sync_off",
+        "location",
         "ingest",
         "approve",
         "complete",
@@ -95,8 +100,9 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "auth",
     }
     # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers;
-    # then the auth scenario's two runs (AUTH=off, auth on).
-    assert len(report["invariants"]) == 18
+    # then the location scenario's two runs (without and with a position), the auth scenario's two (AUTH=off,
+    # auth on).
+    assert len(report["invariants"]) == 20
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
     assert [inv["scenario"] for inv in report["invariants"]][:8] == [
         "pgbench c=1",
@@ -137,6 +143,7 @@ async def test_every_scenario_runs_and_the_invariant_holds(
     assert set(SCENARIOS) == {
         "dispatch",
         "dispatch_sync_off",
+        "location",
         "ingest_approve",
         "complete",
         "longpoll",

@@ -13,8 +13,8 @@ batches keep filling up, so one new task costs one statement, not one per sleepe
 A request with a position (a van saying where it is) runs its own ``task_dispatch_near`` statement: the best
 task differs per van, and two vans' choices cannot share one statement's locks (SKIP LOCKED does not skip the
 rows its own statement locked). With one van per station, a statement that lost a race for a station's claim
-(``queries.station_taken``) is run again, and the workers of a batch that left some without a task while
-others got one (tasks of the batch sharing a station) look again at once rather than sleep.
+(``queries.station_taken``) is run again. The workers of a batch that left some without a task while others
+got one (tasks of the batch sharing a station, or the last ready tasks) look again at once rather than sleep.
 """
 
 import asyncio
@@ -255,7 +255,7 @@ class Dispatcher:
         now = asyncio.get_running_loop().time()
         again: list[Waiter] = []
         # Tasks of a batch that share a station go one per statement: those left out are still ready.
-        split = 0 < len(results) < len(batch) and self._settings.one_van_per_station
+        split = 0 < len(results) < len(batch)
         for index, waiter in enumerate(batch):
             task = results.get(index)
             if waiter.abandoned or waiter.future.done():
