@@ -335,13 +335,18 @@ class Dispatcher:
 
     @staticmethod
     async def _claiming(statement: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a dispatch statement again while it loses a station's claim to a racing dispatch."""
+        """Run a dispatch statement again while it loses a station's claim to a racing dispatch (or a
+        deadlock)."""
         for _ in range(CLAIM_ATTEMPTS):
             try:
                 return await statement()
             except asyncpg.UniqueViolationError as exc:
                 if not queries.station_taken(exc):
                     raise
+            except asyncpg.DeadlockDetectedError:
+                # Claims are taken in station order; should a dispatch still meet another transaction in a
+                # cycle of waits, PostgreSQL breaks it by failing one, and a dispatch failed so runs again.
+                pass
         log.warning("dispatch_claim_attempts_exhausted", attempts=CLAIM_ATTEMPTS)
         return None
 
