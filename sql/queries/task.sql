@@ -170,8 +170,7 @@ assigned AS (
         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
         dispatch_key = $3::text,
         picked_up_at = NULL
-    FROM chosen c
-    WHERE t.id = c.id
+    WHERE t.id = (SELECT id FROM chosen LIMIT 1)
     RETURNING t.*
 ),
 logged AS (
@@ -385,8 +384,7 @@ assigned AS (
         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
         dispatch_key = $3::text,
         picked_up_at = NULL
-    FROM chosen c
-    WHERE t.id = c.id
+    WHERE t.id = (SELECT id FROM chosen LIMIT 1)
     RETURNING t.*
 ),
 logged AS (
