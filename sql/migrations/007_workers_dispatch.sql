@@ -58,6 +58,9 @@ CREATE TABLE station_claims (
     CONSTRAINT station_claims_held_whole CHECK ((task_id IS NULL) = (worker_id IS NULL))
 );
 
+-- What dispatch probes: the claims held now, as many as the vans at work, whatever the number of stations.
+CREATE INDEX station_claims_held_idx ON station_claims (station_id) WHERE task_id IS NOT NULL;
+
 -- Called by dispatch's claim only when the station is already held: a racing dispatch that saw it free in an
 -- older snapshot. The statement fails (nothing of it stays) as a unique violation naming
 -- station_claims_one_van, and the service runs it again.
