@@ -70,6 +70,7 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._draining = False
+        self._near_slots = asyncio.Semaphore(2 * settings.dispatch_concurrency)
 
     # Lifecycle
 
@@ -112,14 +113,14 @@ class Dispatcher:
     ) -> Task | None:
         """The task assigned to this worker, or None when none was ready within ``wait_seconds``. ``actor``
         is recorded with the assignment; ``near``, the van's position, makes it the best task for the van."""
-        if (
-            wait_seconds <= 0
-            and key is None
-            and not self._queue
-            and self._inflight < self._settings.dispatch_concurrency
-            and not self._closing
-        ):
-            return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
+        if wait_seconds <= 0 and key is None and not self._closing:
+            if near is not None:
+                # A van with a position has nothing to coalesce with: its statement runs as soon as one of
+                # the slots for them is free (twice DISPATCH_CONCURRENCY, beside the batches' slots).
+                async with self._near_slots:
+                    return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
+            if not self._queue and self._inflight < self._settings.dispatch_concurrency:
+                return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
             worker_id,
