@@ -125,10 +125,9 @@ SELECT false, * FROM unchanged;
 -- order (so that two claiming statements never wait for each other in a cycle). Without $6 nothing is claimed,
 -- so nothing is held but what was claimed before. $6 guards only the write: a parameter that removed the
 -- filter's subqueries would make custom plans so much cheaper than the generic one that the statement would
--- be planned again at every execution. Of two dispatches in flight that chose tasks at
--- one station, the second waits at the claim for the first to commit and then fails there
--- (station_claim_refused: nothing of it stays) and is run again, in a snapshot that shows the claim. The
--- filter here has no side effect (no advisory lock), so that a plan that reads more rows than the head (on
+-- be planned again at every execution. Of two dispatches in flight that chose tasks at one station, the
+-- second waits at the claim for the first to commit and then fails there (station_claim_refused: nothing of
+-- it stays) and is run again, in a snapshot that shows the claim. The filter here has no side effect (no advisory lock), so that a plan that reads more rows than the head (on
 -- statistics that say few tasks are ready) is slower, never harmful. The held claims of the task's two
 -- stations are read per task looked at, from station_claims_held_idx (as small as the vans at work), as an
 -- ARRAY(...) subquery: never planned as a hash or an anti-join reading every held claim (as an EXISTS may
