@@ -31,6 +31,20 @@ INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, p
 SELECT g, 2 * g - 1, 2 * g, 1 + g % 5, 'benchmark backlog', g % 3
 FROM generate_series($1::bigint, $2::bigint) AS g;
 
+-- name: bench_location_backlog_insert :exec
+-- The location scenario's state: $1 stations at random places in the Bay Area's bounding box (the same places
+-- in every run) and $2 ready tasks over them (priorities 0..2, each pickup station with its share, drop-offs
+-- among the others).
+WITH seeded AS (SELECT setseed(0.42)),
+placed AS (
+    INSERT INTO stations (id, gbfs_station_id, name, lat, lon)
+    SELECT g, 'bench-' || g, 'bench station ' || g, 37.2 + random() * 0.7, -122.55 + random() * 0.85
+    FROM seeded, generate_series(1, $1::integer) AS g
+)
+INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, priority)
+SELECT g, 1 + g % $1, 1 + (g % $1 + 1 + g / $1 % ($1 - 1)) % $1, 1 + g % 5, 'benchmark backlog', g % 3
+FROM generate_series(1, $2::bigint) AS g;
+
 -- name: bench_database_create :exec
 CREATE DATABASE {name} TEMPLATE {template};
 
@@ -142,8 +156,15 @@ SELECT status, count(*) AS n FROM tasks GROUP BY status;
 -- Transactions committed or rolled back in database $1 so far (counted by every backend of it).
 SELECT xact_commit + xact_rollback AS xacts FROM pg_stat_database WHERE datname = $1;
 
+-- name: bench_station_claims_insert :exec
+-- A free claim row per station of the backlog, as a system that has run a while has one per station: a
+-- dispatch's claim is then an update in place, and statistics taken now know the table's size.
+INSERT INTO station_claims (station_id)
+SELECT station FROM tasks CROSS JOIN LATERAL (VALUES (from_station_id), (to_station_id)) s (station)
+ON CONFLICT DO NOTHING;
+
 -- name: bench_vacuum_analyze :exec
-VACUUM ANALYZE tasks;
+VACUUM ANALYZE tasks, station_claims;
 
 -- name: bench_api_key_insert :exec
 -- Worker keys for the auth scenario: ids $1, SHA-256 digests $2, worker ids $3 (as the service issues them).

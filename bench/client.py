@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import random
 import sys
 import time
 from collections import Counter
@@ -74,6 +75,17 @@ def _requests(mode: str, params: Sequence[str]) -> Iterator[tuple[str, str, byte
         extra = f',"wait_seconds":{wait}' if wait != "0" else ""
         for n in itertools.count(1):
             yield "POST", "/dispatch/next", f'{{"worker_id":"w0-{n}"{extra}}}'.encode(), ""
+    elif mode == "dispatch_near":
+        # Vans at random places in the Bay Area's bounding box (bench.sql's stations are there too).
+        rng = random.Random(0)
+        for n in itertools.count(1):
+            lat, lon = rng.uniform(37.2, 37.9), rng.uniform(-122.55, -121.7)
+            yield (
+                "POST",
+                "/dispatch/next",
+                f'{{"worker_id":"w0-{n}","lat":{lat:.5f},"lon":{lon:.5f}}}'.encode(),
+                "",
+            )
     elif mode == "dispatch_auth":
         keys = Path(params[0]).read_text().split()
         for key in itertools.cycle(keys):
@@ -122,7 +134,7 @@ async def closed_loop(
                     return
                 latencies.append(time.perf_counter() - start)
                 statuses[str(status)] += 1
-                if status == 200 and mode in ("dispatch", "dispatch_auth"):
+                if status == 200 and mode in ("dispatch", "dispatch_near", "dispatch_auth"):
                     task = _decode_task(payload)
                     seen.append(f"{task.id} {task.worker_id}\n")
         finally:
@@ -148,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result, seen = uvloop.run(
         closed_loop("127.0.0.1", args.port, args.mode, args.connections, args.duration, args.params)
     )
-    if args.mode in ("dispatch", "dispatch_auth"):
+    if args.mode in ("dispatch", "dispatch_near", "dispatch_auth"):
         Path(f"{args.out}.ids.0").write_text("".join(seen))
     args.out.write_bytes(msgspec.json.encode(result))
     return 0

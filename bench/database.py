@@ -70,6 +70,7 @@ class Server:
         try:
             if backlog:
                 await conn.execute(q("bench_backlog_insert"), 1, backlog)
+                await conn.execute(q("bench_station_claims_insert"))
             await conn.execute(q("bench_vacuum_analyze"))
         finally:
             await conn.close()

@@ -12,6 +12,7 @@ from .scenarios.auth import AuthCost
 from .scenarios.dispatch import PEER_WORKERS, Ladder, PeerRun, Point
 from .scenarios.history import History
 from .scenarios.ingest_approve import IngestApprove
+from .scenarios.location import Location, LocationPoint
 from .scenarios.longpoll import Longpoll
 from .scenarios.pgbouncer import PgBouncerCost
 from .scenarios.sustained import Sustained
@@ -65,6 +66,8 @@ def table(levels: Sequence[int], results: Mapping[str, msgspec.Struct]) -> Table
                 "Dispatch, synchronous_commit=off (NOT of record: commits do not wait for the WAL flush)"
             )
             ladder_rows(out, levels, result, http=False)
+        elif isinstance(result, Location):
+            location_rows(out, levels, result)
         elif isinstance(result, IngestApprove):
             ingest_approve_rows(out, result)
         elif name == "complete" and isinstance(result, Operation):
@@ -188,6 +191,22 @@ def peer_rows(table: Table, cells: Callable[[Callable[[Point], str]], list[str]]
 
 def peer_cpu(run: PeerRun) -> str:
     return f"{run.cpu_percent.get('peer', 0):.0f}"
+
+
+def location_rows(table: Table, levels: Sequence[int], result: Location) -> None:
+    table.section(
+        f"Location-aware dispatch ({result.backlog:,} ready tasks over {result.stations} stations, "
+        "ONE_VAN_PER_STATION=false: nothing is completed)"
+    )
+
+    def cells(fn: Callable[[LocationPoint], str]) -> list[str]:
+        return [fn(result.points[c]) if c in result.points else "-" for c in levels]
+
+    table.add("without a position, dispatches/s", *cells(lambda p: num(p.plain.rate)))
+    table.add("with a position, dispatches/s", *cells(lambda p: num(p.near.rate)))
+    table.add("with / without", *cells(lambda p: times(p.near_over_plain)))
+    table.add("without a position, p99 ms", *cells(lambda p: f"{p.plain.latency_us.p99 / 1000:.1f}"))
+    table.add("with a position, p99 ms", *cells(lambda p: f"{p.near.latency_us.p99 / 1000:.1f}"))
 
 
 def ingest_approve_rows(table: Table, result: IngestApprove) -> None:

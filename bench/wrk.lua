@@ -1,6 +1,7 @@
 -- wrk script of `python -m bench`. Arguments after `--`: MODE OUT THREADS [FIRST LAST [SIZE]]
 --   healthz                    GET /healthz (the HTTP ceiling: no database)
 --   dispatch [WAIT]            POST /dispatch/next, a distinct worker id per request
+--   dispatch_near              the same with a van's position, random in the Bay Area's bounding box
 --   dispatch_auth KEYS         POST /dispatch/next with the worker keys of file KEYS in turn (worker id from
 --                              the key)
 --   approve FIRST LAST         POST /task/approve, suggestion ids FIRST..LAST, each once
@@ -29,7 +30,8 @@ function init(args)
     keys = {}
     for line in io.lines(args[4]) do keys[#keys + 1] = "Bearer " .. line end
   end
-  if mode == "dispatch" or mode == "dispatch_auth" then
+  if mode == "dispatch_near" then math.randomseed(thread_no + 1) end
+  if mode == "dispatch" or mode == "dispatch_near" or mode == "dispatch_auth" then
     ids = io.open(out .. ".ids." .. thread_no, "w")
     ids:setvbuf("line")
   end
@@ -43,6 +45,10 @@ function request()
     local body = '{"worker_id":"w' .. thread_no .. '-' .. sent .. '"'
     if wait ~= "0" then body = body .. ',"wait_seconds":' .. wait end
     return wrk.format("POST", "/dispatch/next", json, body .. "}")
+  elseif mode == "dispatch_near" then
+    local body = string.format('{"worker_id":"w%d-%d","lat":%.5f,"lon":%.5f}', thread_no, sent,
+      37.2 + math.random() * 0.7, -122.55 + math.random() * 0.85)
+    return wrk.format("POST", "/dispatch/next", json, body)
   elseif mode == "dispatch_auth" then
     -- The threads take the keys in turn, each its own stripe.
     local key = keys[(sent * nthreads + thread_no) % #keys + 1]

@@ -37,11 +37,19 @@ def filter_body(context: schemathesis.HookContext, body: Any) -> bool:
     if isinstance(body, dict) and not _a_position_or_none(body):
         return False
     # Likewise a key's worker_id: given for a worker key, and for no other role.
-    return not (
+    if (
         isinstance(body, dict)
         and body.get("role") in _ROLES
         and (body.get("role") == "worker") != isinstance(body.get("worker_id"), str)
-    )
+    ):
+        return False
+    # And a van's position: lat and lon together, accuracy_m and load only with them.
+    if isinstance(body, dict) and any(body.get(field) is not None for field in _POSITION):
+        return body.get("lat") is not None and body.get("lon") is not None
+    return True
+
+
+_POSITION = ("lat", "lon", "accuracy_m", "load")
 
 
 def _a_position_or_none(body: dict[str, Any]) -> bool:

@@ -27,7 +27,7 @@ WORKER_KEYS = {
 
 
 async def test_register_then_update_a_worker(client: httpx.AsyncClient) -> None:
-    created = json_of(await client.put("/workers/van-7", json=VAN), 201)
+    created = json_of(await client.put("/workers/van-7", json=VAN), 200)
     assert set(created) == WORKER_KEYS
     assert created == {
         "worker_id": "van-7",
@@ -47,7 +47,7 @@ async def test_register_then_update_a_worker(client: httpx.AsyncClient) -> None:
 
 async def test_workers_are_listed_a_page_at_a_time(client: httpx.AsyncClient) -> None:
     for n in (3, 1, 2):
-        json_of(await client.put(f"/workers/van-{n}", json=VAN), 201)
+        json_of(await client.put(f"/workers/van-{n}", json=VAN), 200)
     first = json_of(await client.get("/workers?limit=2"), 200)
     assert [w["worker_id"] for w in first] == ["van-1", "van-2"]
     rest = json_of(await client.get("/workers?limit=2&after=van-2"), 200)
@@ -76,7 +76,7 @@ async def test_an_unregistered_worker_is_a_404(client: httpx.AsyncClient) -> Non
 
 async def test_a_worker_key_reads_its_own_worker_only(client: httpx.AsyncClient) -> None:
     for worker_id in ("van-7", "van-8"):
-        json_of(await client.put(f"/workers/{worker_id}", json=VAN), 201)
+        json_of(await client.put(f"/workers/{worker_id}", json=VAN), 200)
     key = json_of(await client.post("/keys", json={"role": "worker", "worker_id": "van-7"}), 201)["key"]
     headers = bearer(key)
     assert json_of(await client.get("/workers/van-7", headers=headers), 200)["worker_id"] == "van-7"
@@ -87,7 +87,7 @@ async def test_a_worker_key_reads_its_own_worker_only(client: httpx.AsyncClient)
 
 async def test_an_off_shift_worker_gets_a_404_saying_so(client: httpx.AsyncClient) -> None:
     await make_tasks(client, 2)
-    json_of(await client.put("/workers/van-7", json={**VAN, "on_shift": False}), 201)
+    json_of(await client.put("/workers/van-7", json={**VAN, "on_shift": False}), 200)
     for fields in ({}, {"wait_seconds": 20}, {"lat": 37.78, "lon": -122.41}):
         detail = json_of(await client.post("/dispatch/next", json={"worker_id": "van-7", **fields}), 404)
         assert "off shift" in detail["detail"]
@@ -100,7 +100,7 @@ async def test_an_off_shift_worker_gets_a_404_saying_so(client: httpx.AsyncClien
 async def test_the_van_reports_where_it_is_and_what_it_carries(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
-    json_of(await client.put("/workers/van-7", json=VAN), 201)
+    json_of(await client.put("/workers/van-7", json=VAN), 200)
     await make_task(client, 1, 2)
     at = {"lat": 37.7749, "lon": -122.4194, "accuracy_m": 8.0, "load": 0}
     task = json_of(await client.post("/dispatch/next", json={"worker_id": "van-7", **at}), 200)

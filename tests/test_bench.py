@@ -70,6 +70,10 @@ ROWS = [
     "ready-index blocks per dispatch, first -> last",
     "AUTH=off -> on, dispatches/s",
     "direct -> through PgBouncer, dispatches/s",
+    "without a position, dispatches/s",
+    "with a position, dispatches/s",
+    "with / without",
+    "with a position, p99 ms",
 ]
 
 
@@ -90,6 +94,7 @@ async def test_every_scenario_runs_and_the_invariant_holds(
     assert set(report["results"]) == {
         "dispatch",
         "dispatch_sync_off",
+        "location",
         "ingest",
         "approve",
         "complete",
@@ -100,9 +105,10 @@ async def test_every_scenario_runs_and_the_invariant_holds(
         "pgbouncer",
     }
     # Per point of the ladder of record: pgbench, the service, the minimal app with 1 and with 2 workers;
-    # then the auth scenario's two runs (AUTH=off, auth on); the history scenario's three (each side's
-    # dispatch, the cleaner); and the pgbouncer scenario's (direct, through).
-    assert len(report["invariants"]) == 23
+    # then the location scenario's two runs (without and with a position), the auth scenario's two (AUTH=off,
+    # auth on), the history scenario's three (each side's dispatch, the cleaner) and the pgbouncer scenario's
+    # (direct, through).
+    assert len(report["invariants"]) == 25
     assert all(inv["ok"] for inv in report["invariants"]), report["invariants"]
     assert [inv["scenario"] for inv in report["invariants"]][:8] == [
         "pgbench c=1",
@@ -143,6 +149,7 @@ async def test_every_scenario_runs_and_the_invariant_holds(
     assert set(SCENARIOS) == {
         "dispatch",
         "dispatch_sync_off",
+        "location",
         "ingest_approve",
         "complete",
         "longpoll",

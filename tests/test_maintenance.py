@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from baywheels import queries, settings
-from baywheels.maintenance import Job, LeaseRescue, Maintenance, Outage
+from baywheels.maintenance import Job, LeaseRescue, Maintenance, Outage, default_jobs
 from baywheels.models import Task
 from helpers import json_of, make_task, serving, until
 from proxy import Proxy
@@ -191,3 +191,22 @@ async def test_one_leader_runs_each_job_on_its_own_interval(service_settings: se
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
+
+
+async def test_priority_aging_runs_as_a_job_unless_turned_off(pool: asyncpg.Pool) -> None:
+    """PRIORITY_AGING_MINUTES=0 (or a maximum of 0) leaves the job out; otherwise one pass raises a task that
+    has waited (here: approved two hours ago, 30 minutes a step)."""
+    names = [job.name for job in default_jobs(settings.load({}))]
+    assert "priority_aging" in names
+    assert "priority_aging" not in [
+        j.name for j in default_jobs(settings.load({"PRIORITY_AGING_MINUTES": "0"}))
+    ]
+    assert "priority_aging" not in [j.name for j in default_jobs(settings.load({"PRIORITY_AGING_MAX": "0"}))]
+    await pool.execute(
+        "INSERT INTO tasks (suggestion_id, from_station_id, to_station_id, qty, reason, created_at) "
+        "VALUES (1, 1, 2, 1, 'old', now() - interval '2 hours'), (2, 3, 4, 1, 'new', now())"
+    )
+    [job] = [job for job in default_jobs(settings.load({})) if job.name == "priority_aging"]
+    assert await job.run(pool) is False  # nothing left over
+    rows = await pool.fetch("SELECT reason, aging FROM tasks ORDER BY id")
+    assert [(r["reason"], r["aging"]) for r in rows] == [("old", 4), ("new", 0)]

@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from ..context import Context
-from . import auth, complete, dispatch, history, ingest_approve, longpoll, pgbouncer, sustained
+from . import auth, complete, dispatch, history, ingest_approve, location, longpoll, pgbouncer, sustained
 
 Scenario = Callable[[Context], Awaitable[msgspec.Struct]]
 
 SCENARIOS: dict[str, Scenario] = {
     "dispatch": dispatch.of_record,
     "dispatch_sync_off": dispatch.sync_off,
+    "location": location.run,
     "ingest_approve": ingest_approve.run,
     "complete": complete.run,
     "longpoll": longpoll.run,

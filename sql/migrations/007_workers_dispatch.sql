@@ -49,7 +49,7 @@ CREATE INDEX task_events_worker_failures_idx ON task_events (worker_id, at)
 
 -- One van per station: a claim per station, held by the assigned task whose pickup or drop-off it is. Dispatch
 -- writes the claims in its own statement and the primary key refuses a second; a task leaving 'assigned'
--- frees its claims (trigger below). Rows stay once made (task_id null when free), so a station's next claim
+-- frees its claims (tasks_status_changed, below). Rows stay once made (task_id null when free), so a station's next claim
 -- is an update in place.
 CREATE TABLE station_claims (
     station_id integer PRIMARY KEY,
@@ -57,6 +57,9 @@ CREATE TABLE station_claims (
     worker_id  text,
     CONSTRAINT station_claims_held_whole CHECK ((task_id IS NULL) = (worker_id IS NULL))
 );
+
+-- What dispatch probes: the claims held now, as many as the vans at work, whatever the number of stations.
+CREATE INDEX station_claims_held_idx ON station_claims (station_id) WHERE task_id IS NOT NULL;
 
 -- Called by dispatch's claim only when the station is already held: a racing dispatch that saw it free in an
 -- older snapshot. The statement fails (nothing of it stays) as a unique violation naming
@@ -68,21 +71,34 @@ BEGIN
 END;
 $$;
 
-CREATE FUNCTION tasks_free_stations() RETURNS trigger LANGUAGE plpgsql AS $$
+-- Completion, release, failure, cancel and lease rescue all leave 'assigned': then the task's claims are
+-- freed. One trigger for every change of status (002's announcement of a ready task joins it), so that a
+-- dispatch (ready -> assigned), the hot path, evaluates one WHEN, as before this migration.
+CREATE FUNCTION tasks_status_changed() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    UPDATE station_claims SET task_id = NULL, worker_id = NULL
-    WHERE station_id IN (OLD.from_station_id, OLD.to_station_id) AND task_id = OLD.id;
+    IF NEW.status = 'ready' AND NEW.available_at <= now() THEN
+        PERFORM pg_notify('baywheels_task_ready', '');
+    END IF;
+    IF OLD.status = 'assigned' AND NEW.status <> 'assigned' THEN
+        UPDATE station_claims SET task_id = NULL, worker_id = NULL
+        WHERE station_id IN (OLD.from_station_id, OLD.to_station_id) AND task_id = OLD.id;
+    END IF;
     RETURN NULL;
 END;
 $$;
 
--- Completion, release, failure, cancel and lease rescue all leave 'assigned' this way. Dispatch (ready ->
--- assigned) only evaluates the WHEN.
-CREATE TRIGGER tasks_free_stations
+DROP TRIGGER tasks_notify_ready ON tasks;
+CREATE TRIGGER tasks_notify_ready
+    AFTER INSERT ON tasks
+    FOR EACH ROW
+    WHEN (NEW.status = 'ready' AND NEW.available_at <= now())
+    EXECUTE FUNCTION tasks_notify_ready();
+CREATE TRIGGER tasks_status_changed
     AFTER UPDATE OF status ON tasks
     FOR EACH ROW
-    WHEN (OLD.status = 'assigned' AND NEW.status <> 'assigned')
-    EXECUTE FUNCTION tasks_free_stations();
+    WHEN ((NEW.status = 'ready' AND NEW.available_at <= now())
+          OR (OLD.status = 'assigned' AND NEW.status <> 'assigned'))
+    EXECUTE FUNCTION tasks_status_changed();
 
 -- Tasks assigned before this migration hold their stations too (the first one per station, by id).
 INSERT INTO station_claims (station_id, task_id, worker_id)

@@ -189,13 +189,20 @@ SELECT (SELECT count(*) FROM deleted) AS tasks, (SELECT count(*) FROM events) AS
 -- instead. $4 is the clock (available_at stays a filter on the index scan, whichever clock), $5 the actor. A
 -- worker registered as off shift gets nothing.
 --
--- With $6 (ONE_VAN_PER_STATION), a task whose pickup or drop-off station is held by an assigned task is
--- passed over, and the chosen task's stations are claimed in this statement, in station order (so that two
--- claiming statements never wait for each other in a cycle). Of two dispatches in flight that chose tasks at
--- one station, the second waits at the claim for the first to commit and then fails there
--- (station_claim_refused: nothing of it stays) and is run again, in a snapshot that shows the claim. The
--- filter here has no side effect (no advisory lock), so that a plan that reads more rows than the head (on
--- statistics that say few tasks are ready) is slower, never harmful.
+-- One van per station: a task whose pickup or drop-off station is held by an assigned task is passed over,
+-- and with $6 (ONE_VAN_PER_STATION) the chosen task's stations are claimed in this statement, in station
+-- order (so that two claiming statements never wait for each other in a cycle). Without $6 nothing is claimed,
+-- so nothing is held but what was claimed before. $6 guards only the write: a parameter that removed the
+-- filter's subqueries would make custom plans so much cheaper than the generic one that the statement would
+-- be planned again at every execution. Of two dispatches in flight that chose tasks at one station, the
+-- second waits at the claim for the first to commit and then fails there (station_claim_refused: nothing of
+-- it stays) and is run again, in a snapshot that shows the claim. The filter here has no side effect (no advisory lock), so that a plan that reads more rows than the head (on
+-- statistics that say few tasks are ready) is slower, never harmful. The held claims of the task's two
+-- stations are read per task looked at, from station_claims_held_idx (as small as the vans at work), as an
+-- ARRAY(...) subquery: never planned as a hash or an anti-join reading every held claim (as an EXISTS may
+-- be), and estimated to let almost every task through (`NOT ... && ...`), where an EXISTS counts as half and
+-- a scalar subquery's IS NULL as 0.5 %: with fewer ready tasks expected than the batch takes, a sort of every
+-- ready task would look cheaper than the index's head.
 WITH held AS (
     SELECT *
     FROM tasks
@@ -205,10 +212,10 @@ chosen AS (
     SELECT id, from_station_id, to_station_id
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
-      AND (NOT $6::boolean OR NOT EXISTS (
-          SELECT FROM station_claims c
-          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
-      ))
+      AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
+          SELECT c.station_id FROM station_claims c
+          WHERE c.station_id = ANY (ARRAY[from_station_id, to_station_id]) AND c.task_id IS NOT NULL
+      )
       AND NOT EXISTS (SELECT 1 FROM held)
       AND NOT EXISTS (SELECT FROM workers WHERE worker_id = $1 AND NOT on_shift)
     ORDER BY priority::bigint + aging DESC, created_at, id
@@ -233,8 +240,7 @@ assigned AS (
         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
         dispatch_key = $3::text,
         picked_up_at = NULL
-    FROM chosen c
-    WHERE t.id = c.id
+    WHERE t.id = (SELECT id FROM chosen LIMIT 1)
     RETURNING t.*
 ),
 logged AS (
@@ -255,7 +261,8 @@ SELECT pg_advisory_xact_lock(hashtext('baywheels.dispatch_key'), hashtext($1::te
 -- Coalesced dispatch: pair up to n locked ready tasks, in dispatch order, with n waiting workers in arrival
 -- order ($1 worker ids, $2 lease seconds, $4 actors; $3 the clock), so one commit serves many workers.
 -- Returns each assigned task with the 1-based position (ord) of the worker it went to; workers past the last
--- task get nothing, and so do workers registered as off shift. $5: one van per station, as in task_dispatch.
+-- task get nothing, and so do workers registered as off shift. $5: one van per station, as in task_dispatch;
+-- tasks of the batch that share a station go one per statement, whatever $5 (for the same reason).
 WITH waiting AS (
     SELECT w.*, row_number() OVER (ORDER BY w.ord) AS n
     FROM unnest($1::text[], $2::integer[], $4::text[]) WITH ORDINALITY AS w (worker_id, lease_seconds, actor, ord)
@@ -265,12 +272,14 @@ locked AS (
     SELECT id, priority::bigint + aging AS effective, created_at, from_station_id, to_station_id
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($3::timestamptz, now())
-      AND (NOT $5::boolean OR NOT EXISTS (
-          SELECT FROM station_claims c
-          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
-      ))
+      AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
+          SELECT c.station_id FROM station_claims c
+          WHERE c.station_id = ANY (ARRAY[from_station_id, to_station_id]) AND c.task_id IS NOT NULL
+      )
     ORDER BY priority::bigint + aging DESC, created_at, id
-    LIMIT (SELECT count(*) FROM waiting)
+    -- A limit the planner can read (a constant in a custom plan): one it cannot it takes for a tenth of the
+    -- table, and a sort of every ready task then looks cheaper than the index's head.
+    LIMIT cardinality($1::text[])
     FOR UPDATE SKIP LOCKED
 ),
 -- FOR UPDATE cannot share a query level with a window function, hence the separate numbering step.
@@ -283,7 +292,7 @@ ranked AS (
 kept AS (
     SELECT r.id, r.from_station_id, r.to_station_id, row_number() OVER (ORDER BY r.n) AS n
     FROM ranked r
-    WHERE NOT $5::boolean OR NOT EXISTS (
+    WHERE NOT EXISTS (
         SELECT FROM ranked e
         WHERE e.n < r.n
           AND (e.from_station_id IN (r.from_station_id, r.to_station_id)
@@ -361,7 +370,8 @@ bands (effective) AS (
     WHERE b.effective IS NOT NULL
 ),
 -- The van's position and reach appear as expressions of the parameters (not columns of a CTE), so that the
--- KNN order and the box are conditions of the index scan on stations.
+-- KNN order and the box are conditions of the index scan on stations. No reach is half the earth's
+-- circumference (20,038 km), not a condition left out: one plan for both, so it is planned once.
 nearest AS (
     SELECT found.id, found.from_station_id, found.to_station_id
     FROM bands b
@@ -374,24 +384,25 @@ nearest AS (
             WHERE t.status = 'ready' AND t.from_station_id = s.id AND t.priority::bigint + t.aging = b.effective
               AND t.available_at <= coalesce($4::timestamptz, now())
               AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
-              AND CASE WHEN $11::boolean THEN
-                  NOT EXISTS (
-                      SELECT FROM station_claims c WHERE c.station_id = t.to_station_id AND c.task_id IS NOT NULL
-                  )
-                  AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
+              AND (NOT EXISTS (
+                  SELECT FROM station_claims c
+                  WHERE c.station_id = ANY (ARRAY[t.to_station_id]) AND c.task_id IS NOT NULL
+              )) IS TRUE
+              AND (NOT $11::boolean OR (
+                  pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
                   AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
-              ELSE true END
+              ))
             ORDER BY t.created_at, t.id
             LIMIT 1
             FOR UPDATE SKIP LOCKED
         ) t
-        WHERE ($10::float8 IS NULL
-               OR (earth_box(ll_to_earth($6::float8, $7::float8), $10::float8 * 1000) @> ll_to_earth(s.lat, s.lon)
-                   AND earth_distance(ll_to_earth($6::float8, $7::float8), ll_to_earth(s.lat, s.lon))
-                       <= $10::float8 * 1000))
-          AND (NOT $11::boolean OR NOT EXISTS (
-              SELECT FROM station_claims c WHERE c.station_id = s.id AND c.task_id IS NOT NULL
-          ))
+        WHERE earth_box(ll_to_earth($6::float8, $7::float8), coalesce($10::float8, 20038) * 1000)
+                  @> ll_to_earth(s.lat, s.lon)
+          AND earth_distance(ll_to_earth($6::float8, $7::float8), ll_to_earth(s.lat, s.lon))
+              <= coalesce($10::float8, 20038) * 1000
+          AND (NOT EXISTS (
+              SELECT FROM station_claims c WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
+          )) IS TRUE
         ORDER BY ll_to_earth(s.lat, s.lon) <-> ll_to_earth($6::float8, $7::float8)
         LIMIT 1
     ) found
@@ -404,10 +415,10 @@ unplaced AS (
     FROM tasks
     WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
       AND NOT EXISTS (SELECT FROM stations)
-      AND (NOT $11::boolean OR NOT EXISTS (
-          SELECT FROM station_claims c
-          WHERE c.station_id IN (from_station_id, to_station_id) AND c.task_id IS NOT NULL
-      ))
+      AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
+          SELECT c.station_id FROM station_claims c
+          WHERE c.station_id = ANY (ARRAY[from_station_id, to_station_id]) AND c.task_id IS NOT NULL
+      )
       AND NOT EXISTS (SELECT 1 FROM held)
       AND (SELECT on_shift FROM van)
       AND ((SELECT room FROM van) IS NULL OR qty <= (SELECT room FROM van))
@@ -445,8 +456,7 @@ assigned AS (
         lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
         dispatch_key = $3::text,
         picked_up_at = NULL
-    FROM chosen c
-    WHERE t.id = c.id
+    WHERE t.id = (SELECT id FROM chosen LIMIT 1)
     RETURNING t.*
 ),
 logged AS (

@@ -13,8 +13,8 @@ batches keep filling up, so one new task costs one statement, not one per sleepe
 A request with a position (a van saying where it is) runs its own ``task_dispatch_near`` statement: the best
 task differs per van, and two vans' choices cannot share one statement's locks (SKIP LOCKED does not skip the
 rows its own statement locked). With one van per station, a statement that lost a race for a station's claim
-(``queries.station_taken``) is run again, and the workers of a batch that left some without a task while
-others got one (tasks of the batch sharing a station) look again at once rather than sleep.
+(``queries.station_taken``) is run again. The workers of a batch that left some without a task while others
+got one (tasks of the batch sharing a station, or the last ready tasks) look again at once rather than sleep.
 """
 
 import asyncio
@@ -70,6 +70,7 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._draining = False
+        self._near_slots = asyncio.Semaphore(2 * settings.dispatch_concurrency)
 
     # Lifecycle
 
@@ -112,14 +113,14 @@ class Dispatcher:
     ) -> Task | None:
         """The task assigned to this worker, or None when none was ready within ``wait_seconds``. ``actor``
         is recorded with the assignment; ``near``, the van's position, makes it the best task for the van."""
-        if (
-            wait_seconds <= 0
-            and key is None
-            and not self._queue
-            and self._inflight < self._settings.dispatch_concurrency
-            and not self._closing
-        ):
-            return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
+        if wait_seconds <= 0 and key is None and not self._closing:
+            if near is not None:
+                # A van with a position has nothing to coalesce with: its statement runs as soon as one of
+                # the slots for them is free (twice DISPATCH_CONCURRENCY, beside the batches' slots).
+                async with self._near_slots:
+                    return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
+            if not self._queue and self._inflight < self._settings.dispatch_concurrency:
+                return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
             worker_id,
@@ -255,7 +256,7 @@ class Dispatcher:
         now = asyncio.get_running_loop().time()
         again: list[Waiter] = []
         # Tasks of a batch that share a station go one per statement: those left out are still ready.
-        split = 0 < len(results) < len(batch) and self._settings.one_van_per_station
+        split = 0 < len(results) < len(batch)
         for index, waiter in enumerate(batch):
             task = results.get(index)
             if waiter.abandoned or waiter.future.done():
@@ -336,13 +337,18 @@ class Dispatcher:
 
     @staticmethod
     async def _claiming(statement: Callable[[], Awaitable[T]]) -> T | None:
-        """Run a dispatch statement again while it loses a station's claim to a racing dispatch."""
+        """Run a dispatch statement again while it loses a station's claim to a racing dispatch (or a
+        deadlock)."""
         for _ in range(CLAIM_ATTEMPTS):
             try:
                 return await statement()
             except asyncpg.UniqueViolationError as exc:
                 if not queries.station_taken(exc):
                     raise
+            except asyncpg.DeadlockDetectedError:
+                # Claims are taken in station order; should a dispatch still meet another transaction in a
+                # cycle of waits, PostgreSQL breaks it by failing one, and a dispatch failed so runs again.
+                pass
         log.warning("dispatch_claim_attempts_exhausted", attempts=CLAIM_ATTEMPTS)
         return None
 

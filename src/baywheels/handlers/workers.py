@@ -38,19 +38,17 @@ def _readable(request: Request, worker_id: str) -> None:
     description=(
         "`capacity` is in bikes: a van given a position at dispatch gets only tasks whose `qty` fits in "
         "capacity - load. An off-shift worker gets no task (its dispatch answers 404 saying so). Its last "
-        "position is kept. 201 when the worker is new, else 200."
+        "position is kept."
     ),
     roles=("operator", "admin"),
 )
 async def put_worker(request: Request, body: WorkerIn) -> Response:
     worker_id = _worker_id(request)
     db = pool(request)
-    created = await queries.worker_put(
-        db, worker_id, body.name, body.capacity, body.depot_station_id, body.on_shift
-    )
+    await queries.worker_put(db, worker_id, body.name, body.capacity, body.depot_station_id, body.on_shift)
     worker = await queries.worker_get(db, worker_id)
     assert worker is not None
-    return MsgspecResponse(worker, status_code=201 if created else 200)
+    return MsgspecResponse(worker)
 
 
 _READERS: tuple[Role, ...] = ("worker", "viewer", "operator", "admin")
