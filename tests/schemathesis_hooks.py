@@ -97,3 +97,12 @@ def map_query(context: schemathesis.HookContext, query: Any) -> Any:
     if context.operation is not None and context.operation.path == "/events" and isinstance(query, dict):
         return {**query, "follow": "false"}
     return query
+
+
+@schemathesis.hook
+def before_call(context: schemathesis.HookContext, case: Any, kwargs: dict[str, Any]) -> None:
+    """A key's `worker_id` that a stateful link put in (from GET /workers), after filter_body looked, stays
+    only on a worker key, the one role that has one."""
+    body = case.body
+    if isinstance(body, dict) and body.get("role") in _ROLES and body.get("role") != "worker":
+        case.body = {name: value for name, value in body.items() if name != "worker_id"}
