@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -310,7 +311,7 @@ async def test_network_cut_between_service_and_database(database_url: str, tmp_p
 async def test_read_only_database(database_url: str, tmp_path: Path) -> None:
     """As after a failover that left DATABASE_URL on a standby, or a disk-full primary put read-only: every
     new session is read-only, and the sessions open are ended (as a failover ends them)."""
-    database = database_url.rsplit("/", 1)[1].split("?")[0]
+    database = urlsplit(database_url).path.lstrip("/")  # the embedded server's DSN has a socket path after it
 
     async def read_only(on: bool) -> None:
         conn = await asyncpg.connect(database_url)
