@@ -178,6 +178,16 @@ async def test_sign_out_ends_the_session(browser: httpx.AsyncClient, pool: async
     assert (await browser.get("/ui/tasks")).status_code == 303
 
 
+async def test_the_workers_page_lists_registered_vans_that_have_held_nothing(
+    api: httpx.AsyncClient, browser: httpx.AsyncClient
+) -> None:
+    key = await new_key(api, "viewer")
+    await sign_in(browser, key["key"])
+    body = {"name": "Van nine", "capacity": 10, "on_shift": True}
+    assert (await api.put("/workers/van-9", json=body)).status_code == 200
+    assert 'href="/ui/tasks?worker=van-9&amp;' in (await browser.get("/ui/workers")).text
+
+
 async def test_revoking_the_key_ends_its_sessions(api: httpx.AsyncClient, browser: httpx.AsyncClient) -> None:
     key = await new_key(api, "operator")
     await sign_in(browser, key["key"])

@@ -52,9 +52,9 @@ ORDER BY id DESC
 LIMIT $6;
 
 -- name: ui_worker_list :many
--- Every worker that ever held a task, with its current task, when it was last seen (its latest event today,
--- else its latest task's last touch: a heartbeat shows as lease_expires_at - lease_seconds) and today's
--- completions and failures (events since $1, the start of the day).
+-- Every worker that ever held a task or is registered (PUT /workers), with its current task, when it was last
+-- seen (its latest event today, else its latest task's last touch: a heartbeat shows as lease_expires_at -
+-- lease_seconds) and today's completions and failures (events since $1, the start of the day).
 WITH RECURSIVE
 -- The distinct worker ids, one index probe each (a skip scan of tasks_worker_idx).
 seen AS (
@@ -63,6 +63,12 @@ seen AS (
     SELECT (SELECT t.worker_id FROM tasks t WHERE t.worker_id > s.worker_id ORDER BY t.worker_id LIMIT 1)
     FROM seen s
     WHERE s.worker_id IS NOT NULL
+),
+-- Those, and the registered workers that have held nothing yet.
+known AS (
+    SELECT worker_id FROM seen WHERE worker_id IS NOT NULL
+    UNION
+    SELECT worker_id FROM workers
 ),
 -- Today's events, through the BRIN index on task_events.at.
 today AS (
@@ -87,7 +93,7 @@ SELECT s.worker_id,
        greatest(d.last_event, latest.touched) AS last_seen,
        coalesce(d.completed, 0) AS completed_today,
        coalesce(d.failures, 0) AS failures_today
-FROM seen s
+FROM known s
 LEFT JOIN today d USING (worker_id)
 LEFT JOIN held h USING (worker_id)
 LEFT JOIN LATERAL (
@@ -98,5 +104,4 @@ LEFT JOIN LATERAL (
     ORDER BY t.id DESC
     LIMIT 1
 ) latest ON true
-WHERE s.worker_id IS NOT NULL
 ORDER BY s.worker_id;
