@@ -185,8 +185,8 @@ class Guard:
         self._oidc = Oidc(settings) if settings.oidc_issuer else None
         self._limiter = RateLimiter(settings)
         self._shared_limits = self._limiter.shared
-        self._cache: dict[Credential, _Verdict] = {}
         # All keyed by Credential: the raw Authorization header, or a console session's key.
+        self._cache: dict[Credential, _Verdict] = {}
         self._lookups: dict[Credential, asyncio.Future[_Verdict]] = {}  # a verdict on its way
         # API keys for the next statement: key id, and the digest of the token presented.
         self._queued: dict[Credential, tuple[str, bytes]] = {}
