@@ -204,7 +204,9 @@ async def test_wake_up_is_not_lost_when_work_falls_due_before_its_transaction_co
 ) -> None:
     (task,) = await make_tasks(client, 1)
     assert (await client.post("/dispatch/next", json={"worker_id": "holder"})).status_code == 200
-    waiting = long_poll(client, "w1", 5)
+    # Long enough to outlast the wait below for the leader's check (its connection runs other jobs' statements
+    # too): the answer comes the moment the task is found, not at the end of the wait.
+    waiting = long_poll(client, "w1", 25)
     await until_waiting(client, 1)
 
     async with pool.acquire() as conn, conn.transaction():
