@@ -12,7 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from . import db, logs, metrics, openapi, overview, protocol, shutdown
+from . import db, direct, logs, metrics, openapi, overview, protocol, shutdown
 from . import settings as config
 from .auth import Guard
 from .dispatcher import Dispatcher
@@ -154,6 +154,7 @@ def from_environment() -> Starlette:
     settings = config.load()
     logs.configure(settings.log_level, settings.log_format, trace_ids=settings.tracing_on)
     protocol.configure(settings)
+    direct.configure(settings)
     app = create_app(settings, serving=True)
     serving_gc()
     return app

@@ -137,7 +137,11 @@ def principal(request: Request) -> Principal:
 def acting_worker(request: Request, named: object) -> str:
     """The worker a holder's call or a dispatch is for: a worker key's own (naming another is refused before
     anything else), else the body's ``worker_id``, which is then required."""
-    caller = principal(request)
+    return worker_for(principal(request), named)
+
+
+def worker_for(caller: Principal, named: object) -> str:
+    """``acting_worker`` for a caller already admitted."""
     if caller.worker_id is not None:
         if isinstance(named, str) and named != caller.worker_id:
             raise Forbidden(f"This key belongs to worker '{caller.worker_id}': it cannot act for another")
@@ -194,8 +198,9 @@ class Guard:
         self._used: set[Credential] = set()  # API keys used since the last renewal began
         self._long_polls: Counter[str] = Counter()
 
-    async def admit(self, request: Request, endpoint: "Endpoint") -> Principal:
-        scope = request.scope
+    async def admit(self, scope: Scope, endpoint: "Endpoint") -> Principal:
+        """The caller of the request, if the endpoint admits it (recorded as ``scope["auth"]``); else the
+        401, 403 or 429. From the scope, so that the direct path (direct.py) needs no Request object."""
         if not self._on:
             scope["auth"] = ANONYMOUS
             return ANONYMOUS

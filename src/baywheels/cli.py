@@ -38,7 +38,7 @@ def _database(settings: config.Settings) -> tuple[config.Settings, EmbeddedPostg
 def serve(settings: config.Settings, migrate: bool) -> None:
     import uvicorn
 
-    from . import db, protocol
+    from . import db, direct, protocol
     from .app import create_app, serving_gc
 
     # uvicorn shuts down gracefully on SIGTERM, then raises it again, and its default action would kill the
@@ -61,7 +61,7 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             host=settings.host,
             port=settings.port,
             loop="uvloop",
-            http=protocol.BoundedHttpToolsProtocol,  # httptools, with header, read-time and connection limits
+            http=direct.DirectProtocol,  # httptools, with the limits of protocol.py and direct.py's dispatch
             log_config=None,
             access_log=False,
             server_header=False,
@@ -74,6 +74,7 @@ def serve(settings: config.Settings, migrate: bool) -> None:
             ssl_keyfile=settings.tls_key_file,
         )
         protocol.configure(settings)
+        direct.configure(settings)
         if settings.workers == 1:
             app = create_app(settings, serving=True)
             serving_gc()

@@ -1,9 +1,11 @@
 """The connection pools (the primary's, a read replica's) and the migration runner."""
 
+import asyncio
 import math
 import time
+from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import structlog
@@ -15,6 +17,8 @@ from .metrics import STATEMENT_SECONDS
 from .settings import Settings
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 # Dispatch and friends are short index lookups: JIT compilation only adds latency to them.
 SERVER_SETTINGS = {"application_name": "baywheels", "jit": "off"}
@@ -201,7 +205,13 @@ class Pool(asyncpg.Pool):
             await self.expire_connections()
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext:
-        return _Acquire(self, self._acquire_timeout if timeout is None else timeout)
+        if timeout is None:
+            # A connection free now is had without waiting, so it needs no deadline: asyncio's timeout is a
+            # timer and a dozen calls per acquire, a tenth of a dispatch's Python at one worker (issue 11).
+            # Connecting one that the pool has not opened yet is bounded by DB_CONNECT_TIMEOUT all the same.
+            queue: asyncio.Queue[object] | None = self._queue  # type: ignore[attr-defined]
+            timeout = None if queue is not None and queue.qsize() else self._acquire_timeout
+        return _Acquire(self, timeout)
 
     async def execute(self, query: str, *args: Any, **kwargs: Any) -> str:
         try:
@@ -234,6 +244,52 @@ class Pool(asyncpg.Pool):
         except StatementNotSent:
             async with self.acquire() as conn:
                 return await conn.fetchval(query, *args, **kwargs)
+
+
+class KeptConnections:
+    """Pool connections kept between statements by one user, up to ``size`` of them: the dispatcher's
+    statement slots. A statement on a kept connection costs no acquire and no release, and asyncpg's release
+    is a task of its own (``asyncio.shield``) and a timer for its reset: at one worker they were a fifth of a
+    dispatch's Python (issue 11, docs/benchmarks.md).
+
+    A kept connection goes back to the pool after any error, so the pool's own care applies to it: one the
+    server closed is dropped, one of an expired generation (``replace_connections``) is replaced. And as the
+    pool's shortcuts do, a statement refused unsent on a kept connection that the server had closed while it
+    sat idle runs once more on another."""
+
+    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+        self._pool = pool
+        self._size = size
+        self._idle: list[PoolConnectionProxy] = []
+
+    async def run(self, statement: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
+        try:
+            return await self._run(statement)
+        except StatementNotSent:
+            return await self._run(statement)
+
+    async def _run(self, statement: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
+        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        try:
+            result = await statement(conn)
+        except BaseException as exc:
+            lost = isinstance(exc, _ON_LOST_CONNECTION) and _lost(conn)
+            await self._pool.release(conn)
+            if lost and isinstance(exc, Exception):
+                kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
+                raise kind(str(exc)) from exc
+            raise
+        if len(self._idle) < self._size:
+            self._idle.append(conn)
+        else:
+            await self._pool.release(conn)
+        return result
+
+    async def close(self) -> None:
+        """Every kept connection back to the pool (before it closes: it waits for them)."""
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await self._pool.release(conn)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

@@ -29,6 +29,7 @@ import asyncpg
 import structlog
 
 from . import queries
+from .db import KeptConnections
 from .metrics import DISPATCH_BATCH, WAITERS
 from .models import Position, Task
 from .settings import Settings
@@ -71,6 +72,8 @@ class Dispatcher:
         self._closing = False
         self._draining = False
         self._near_slots = asyncio.Semaphore(2 * settings.dispatch_concurrency)
+        # The inline statements' connections, kept between them (as many as may run at once).
+        self._kept = KeptConnections(pool, 3 * settings.dispatch_concurrency)
 
     # Lifecycle
 
@@ -99,6 +102,7 @@ class Dispatcher:
         if self._background:
             limit = self._settings.db_command_timeout if within is None else within
             await asyncio.wait(list(self._background), timeout=limit)
+        await self._kept.close()
 
     # Requests
 
@@ -215,7 +219,9 @@ class Dispatcher:
         self._inflight += 1
         try:
             task = await self._claiming(
-                lambda: self._one(self._pool, worker_id, lease_seconds, None, actor, near)
+                lambda: self._kept.run(
+                    lambda conn: self._one(conn, worker_id, lease_seconds, None, actor, near)
+                )
             )
         except BaseException:
             self._inflight -= 1

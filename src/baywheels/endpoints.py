@@ -120,7 +120,7 @@ class Endpoint:
         async def guarded(request: Request) -> Response:
             state = app_state(request)
             if public_setting is None or not getattr(state.settings, public_setting):
-                await state.guard.admit(request, endpoint)
+                await state.guard.admit(request.scope, endpoint)
             return await admitted(request)
 
         return guarded

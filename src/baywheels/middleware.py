@@ -31,8 +31,35 @@ _PROCESS_ID = secrets.token_hex(8)
 _sequence = itertools.count()
 
 
-def _new_request_id() -> str:
-    return f"{_PROCESS_ID}{next(_sequence):016x}"
+def take_request_id(scope: Scope) -> str:
+    """The request's id, the client's X-Request-ID when it is sane, else one of ours; set for the log lines
+    written while it is served (each request runs in its own task, with its own copy of the context)."""
+    given = header(scope, b"x-request-id")
+    found = (
+        given.decode() if given and _SANE_REQUEST_ID.match(given) else f"{_PROCESS_ID}{next(_sequence):016x}"
+    )
+    REQUEST_ID.set(found)
+    return found
+
+
+def record(
+    method: str, route: str, path: str, status: int, started: float, access_log: bool, via: str = "app"
+) -> None:
+    """The request's metrics, and its access log line (ACCESS_LOG); ``via`` says what served it: the ASGI
+    app, or the protocol itself (direct.py)."""
+    elapsed = time.perf_counter() - started
+    requests, latency = _observers(method, route, status)
+    requests.inc()
+    latency.observe(elapsed)
+    if access_log:
+        log.info(
+            "request",
+            method=method,
+            path=path,
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+            via=via,
+        )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -54,9 +81,7 @@ class RequestContext:
             return
 
         started = time.perf_counter()
-        given = header(scope, b"x-request-id")
-        request_id = given.decode() if given and _SANE_REQUEST_ID.match(given) else _new_request_id()
-        REQUEST_ID.set(request_id)  # each request runs in its own task, with its own copy of the context
+        request_id = take_request_id(scope)
         status = 500
         response_started = False
 
@@ -108,20 +133,9 @@ class RequestContext:
                 raise
             await error_response(500, "Internal server error")(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
             route = scope.get("route")
             route_path = route.path if isinstance(route, Route) else "unmatched"
-            requests, latency = _observers(scope["method"], route_path, status)
-            requests.inc()
-            latency.observe(elapsed)
-            if self.access_log:
-                log.info(
-                    "request",
-                    method=scope["method"],
-                    path=scope["path"],
-                    status=status,
-                    duration_ms=round(elapsed * 1000, 2),
-                )
+            record(scope["method"], route_path, scope["path"], status, started, self.access_log)
 
     @property
     def _too_large(self) -> str:

@@ -81,13 +81,17 @@ def _integral_floats_as_ints(value: Any) -> Any:
 
 async def body(request: Request, type_: type[T]) -> T:
     """Decode and validate the JSON body; msgspec's error names the offending field (400)."""
-    return _decode(await request.body(), type_)
+    return decode_body(await request.body(), type_, required=True)
 
 
 async def optional_body(request: Request, type_: type[T]) -> T:
     """Like ``body``, but an empty body means the type's defaults."""
-    raw = await request.body()
-    return _decode(raw if raw.strip() else b"{}", type_)
+    return decode_body(await request.body(), type_, required=False)
+
+
+def decode_body(raw: bytes, type_: type[T], *, required: bool) -> T:
+    """A body already read (``body``, ``optional_body``, and direct.py's)."""
+    return _decode(raw if required or raw.strip() else b"{}", type_)
 
 
 def query(request: Request, type_: type[T]) -> T:

@@ -85,6 +85,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     dispatch_max_km: Annotated[float, Meta(gt=0, le=20_000)] | None = None
     # A station that is the pickup or drop-off of an assigned task is not handed to another van meanwhile.
     one_van_per_station: bool = True
+    # POST /dispatch/next served by the HTTP protocol itself rather than through the ASGI app (direct.py): the
+    # same answers, with less work per request. Off (false) only to compare, or to rule it out.
+    direct_dispatch: bool = True
     # Aging: +1 effective priority per this many minutes a task is ready (0: off), at most PRIORITY_AGING_MAX.
     priority_aging_minutes: Annotated[float, Meta(ge=0, le=525_600)] = 30.0
     priority_aging_max: Annotated[int, Meta(ge=0, le=1000)] = 5

@@ -7,19 +7,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import queries
-from ..auth import acting_worker, principal
+from ..auth import Principal, principal, worker_for
 from ..endpoints import Endpoints
 from ..errors import CLIENT_CLOSED, BadRequest, NotFound
 from ..metrics import DISPATCHES
 from ..models import IDEMPOTENCY_KEY, DispatchRequest, Task
+from ..requests import header
 from ..responses import MsgspecResponse
-from ..state import app_state
+from ..state import AppState, app_state
 
 endpoints = Endpoints("dispatch")
 
 T = TypeVar("T")
 
-_SANE_KEY = re.compile(IDEMPOTENCY_KEY)
+_SANE_KEY = re.compile(IDEMPOTENCY_KEY.encode())
+KEY = b"idempotency-key"
 
 # The counter's children, looked up once: labels() takes a lock and a dict lookup on every call.
 _ASSIGNED, _EMPTY, _ABANDONED = (DISPATCHES.labels(outcome) for outcome in ("assigned", "empty", "abandoned"))
@@ -57,29 +59,54 @@ class ClientGone(Exception):
     roles=("worker", "admin"),
 )
 async def dispatch_next(request: Request, body: DispatchRequest) -> Response:
-    worker_id = acting_worker(request, body.worker_id)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not _SANE_KEY.match(key):
-        raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
+    if body.wait_seconds <= 0:
+        # The direct path (direct.py) serves the same request without the ASGI app, through next_task.
+        assigned = await next_task(app_state(request), principal(request), body, header(request.scope, KEY))
+        return MsgspecResponse(assigned)
     state = app_state(request)
     caller = principal(request)
-    lease_seconds = body.lease_seconds or state.settings.task_lease_seconds
-    near = body.position()
+    worker_id, key = _asked(caller, body, header(request.scope, KEY))
+    # An off-shift worker would only sleep until its wait ran out.
+    if await queries.worker_off_shift(state.pool, worker_id):
+        raise NotFound(_off_shift(worker_id))
     try:
-        if body.wait_seconds > 0:
-            # An off-shift worker would only sleep until its wait ran out.
-            if await queries.worker_off_shift(state.pool, worker_id):
-                raise NotFound(_off_shift(worker_id))
-            with state.guard.long_poll(caller):
-                waiting = state.dispatcher.next(
-                    worker_id, lease_seconds, body.wait_seconds, key, caller.actor, near
-                )
-                task = await _unless_disconnected(request, waiting)
-        else:
-            task = await state.dispatcher.next(worker_id, lease_seconds, 0, key, caller.actor, near)
+        with state.guard.long_poll(caller):
+            waiting = state.dispatcher.next(
+                worker_id, _lease(state, body), body.wait_seconds, key, caller.actor, body.position()
+            )
+            task: Task | None = await _unless_disconnected(request, waiting)
     except ClientGone:
         _ABANDONED.inc()
         return Response(status_code=CLIENT_CLOSED)
+    return MsgspecResponse(await _answer(state, worker_id, task))
+
+
+async def next_task(state: AppState, caller: Principal, body: DispatchRequest, key: bytes | None) -> Task:
+    """``POST /dispatch/next`` without a wait, from an admitted caller and a decoded body to the task
+    assigned; the 4xx it gives are raised."""
+    worker_id, idempotency_key = _asked(caller, body, key)
+    lease_seconds = _lease(state, body)
+    task = await state.dispatcher.next(
+        worker_id, lease_seconds, 0, idempotency_key, caller.actor, body.position()
+    )
+    return await _answer(state, worker_id, task)
+
+
+def _asked(caller: Principal, body: DispatchRequest, key: bytes | None) -> tuple[str, str | None]:
+    """The worker the task is for, and the request's Idempotency-Key, checked."""
+    worker_id = worker_for(caller, body.worker_id)
+    if key is None:
+        return worker_id, None
+    if not _SANE_KEY.match(key):
+        raise BadRequest("Idempotency-Key must be 1 to 128 printable ASCII characters without spaces")
+    return worker_id, key.decode("ascii")
+
+
+def _lease(state: AppState, body: DispatchRequest) -> int:
+    return body.lease_seconds or state.settings.task_lease_seconds
+
+
+async def _answer(state: AppState, worker_id: str, task: Task | None) -> Task:
     if task is None:
         _EMPTY.inc()
         # Why nothing: the statement passes over an off-shift worker; its 404 says so.
@@ -87,7 +114,7 @@ async def dispatch_next(request: Request, body: DispatchRequest) -> Response:
             raise NotFound(_off_shift(worker_id))
         raise NotFound("No available tasks with status 'ready'")
     _ASSIGNED.inc()
-    return MsgspecResponse(task)
+    return task
 
 
 def _off_shift(worker_id: str) -> str:
