@@ -2,6 +2,7 @@
 received its FATAL error but not yet its end of stream is never used as if healthy, and an error on a
 connection the server closed is a connection loss (a 503), whatever asyncpg called it."""
 
+import asyncio
 import socket
 import struct
 from collections.abc import AsyncIterator
@@ -100,6 +101,57 @@ async def test_a_connection_terminated_inside_a_transaction_is_a_connection_loss
     finally:
         await observer.close()
     assert await pool.fetchval("SELECT 1") == 1
+
+
+async def test_a_kept_connection_the_server_closed_while_idle_is_replaced(pool: asyncpg.Pool) -> None:
+    """The dispatcher keeps its statements' connections (db.KeptConnections): one that received its FATAL
+    while kept gives way to another, and the statement runs there, unseen by the caller."""
+    kept = db.KeptConnections(pool, 1)
+    first = await kept.run(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
+    assert await kept.run(lambda conn: conn.fetchval("SELECT pg_backend_pid()")) == first  # kept, reused
+    (idle,) = kept._idle
+    receive_fatal_while_idle(idle)
+    second = await kept.run(lambda conn: conn.fetchval("SELECT pg_backend_pid()"))
+    assert second != first
+    await kept.close()
+    # Everything went back to the pool: it closes without waiting for anyone.
+    await asyncio.wait_for(pool.close(), 10)
+
+
+async def test_kept_connections_all_closed_by_a_restart_give_way_at_once(pool: asyncpg.Pool) -> None:
+    kept = db.KeptConnections(pool, 2)
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def busy(conn: Any) -> int:
+        started.set()
+        await go.wait()  # both at once, so that two connections are kept
+        return int(await conn.fetchval("SELECT pg_backend_pid()"))
+
+    first = asyncio.create_task(kept.run(busy))
+    await started.wait()
+    started.clear()
+    second = asyncio.create_task(kept.run(busy))
+    await started.wait()
+    go.set()
+    before = {await first, await second}
+    assert len(kept._idle) == 2
+    for conn in kept._idle:
+        receive_fatal_while_idle(conn)
+    # The first kept one is refused unsent; the statement then runs on a new connection, not on the other.
+    assert await kept.run(lambda conn: conn.fetchval("SELECT pg_backend_pid()")) not in before
+    await kept.close()
+
+
+async def test_a_kept_connection_goes_back_to_the_pool_after_an_error(pool: asyncpg.Pool) -> None:
+    """So that the pool's own care applies to it (a session made read-only is replaced, for one)."""
+    kept = db.KeptConnections(pool, 1)
+    with pytest.raises(asyncpg.DivisionByZeroError):
+        await kept.run(lambda conn: conn.fetchval("SELECT 1 / 0"))
+    assert kept._idle == []
+    assert await kept.run(lambda conn: conn.fetchval("SELECT 1")) == 1
+    assert len(kept._idle) == 1
+    await kept.close()
+    await asyncio.wait_for(pool.close(), 10)
 
 
 async def test_only_database_and_connection_errors_are_unavailable() -> None:

@@ -261,15 +261,29 @@ class KeptConnections:
         self._pool = pool
         self._size = size
         self._idle: list[PoolConnectionProxy] = []
+        self._closed = False
 
     async def run(self, statement: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
         try:
             return await self._run(statement)
         except StatementNotSent:
+            # The server closed a kept connection while it sat idle, and asyncpg has not read the end of its
+            # stream yet. A restart closes them all: the others are closed here too (the pool opens new ones
+            # on their next use), and the statement runs on a connection from the pool.
+            idle, self._idle = self._idle, []
+            for conn in idle:
+                conn.terminate()
             return await self._run(statement)
 
     async def _run(self, statement: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
-        conn = self._idle.pop() if self._idle else await self._pool.acquire()
+        while self._idle:
+            conn = self._idle.pop()
+            if not _lost(conn):
+                break
+            # Closed while kept (asyncpg has read the end of its stream, and may have handed it back).
+            await self._pool.release(conn)
+        else:
+            conn = await self._pool.acquire()
         try:
             result = await statement(conn)
         except BaseException as exc:
@@ -279,14 +293,16 @@ class KeptConnections:
                 kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
                 raise kind(str(exc)) from exc
             raise
-        if len(self._idle) < self._size:
+        if len(self._idle) < self._size and not self._closed:
             self._idle.append(conn)
         else:
             await self._pool.release(conn)
         return result
 
     async def close(self) -> None:
-        """Every kept connection back to the pool (before it closes: it waits for them)."""
+        """Every kept connection back to the pool (before it closes: it waits for them), and those of
+        statements still running once they end."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
             await self._pool.release(conn)
