@@ -467,6 +467,18 @@ SELECT * FROM held
 UNION ALL
 SELECT * FROM assigned;
 
+-- name: task_dispatch_near_many :many
+-- Coalesced dispatch for vans that say where they are: each van, in arrival order, gets the best task for it
+-- by task_dispatch_near's rule, and one commit serves them all. The rule is the function
+-- task_dispatch_near_many (migration 012: a PL/pgSQL loop, since each van must see what the vans before it
+-- took). $1 worker ids, $2 lease seconds, $3 Idempotency-Keys, $4 lat, $5 lon, $6 accuracy_m, $7 load, $8
+-- actors (aligned by van); $9 reach in km, $10 clock, $11 one van per station. Returns each task with the
+-- 1-based position (ord) of the van it went to; a van that gets nothing has no row.
+SELECT d.ord, (d.task).*
+FROM task_dispatch_near_many($1::text[], $2::integer[], $3::text[], $4::float8[], $5::float8[],
+                             $6::float8[], $7::integer[], $8::text[], $9::float8, $10::timestamptz,
+                             $11::boolean) d;
+
 -- name: task_event_list :many
 -- The history of one task, oldest first.
 SELECT event, worker_id, detail, at, actor

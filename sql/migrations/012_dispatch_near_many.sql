@@ -1,0 +1,202 @@
+-- Location-aware dispatch for many vans in one statement and one commit (task_dispatch_near_many), as
+-- task_dispatch_many is for workers without a position: under load, the dispatcher gives the vans that queue
+-- behind its busy statements to one call of this function instead of a statement and a commit each.
+--
+-- The best task differs per van, and one SQL statement cannot choose them in turn: all of its parts share
+-- one snapshot, and SKIP LOCKED does not skip rows its own transaction locked, so two vans would take the same
+-- task. A volatile PL/pgSQL function runs each of its statements in a new snapshot that shows what the
+-- earlier ones wrote: the vans are served one at a time, in arrival order, each by the statement below, and
+-- each sees the tasks the vans before it took as no longer ready and their stations' claims as held. That
+-- holds the one-van-per-station rule within a batch by the claim rows themselves, since this transaction's
+-- own advisory locks do not stop it (pg_try_advisory_xact_lock succeeds again for the lock it holds); between
+-- batches and single dispatches, the claims and advisory locks work as for one van. No subtransactions (an
+-- EXCEPTION block per van): past 64 in one transaction they overflow every backend's snapshot cache. A van
+-- that loses a station's claim to a racing dispatch fails the whole call, and the service runs it again.
+--
+-- This is the one definition of the rule: task_dispatch_near calls it for one van (its plan is the same,
+-- its variables being parameters as the statement's were).
+--
+-- Arrays aligned by van: worker ids, lease seconds, Idempotency-Keys (null: none), lat, lon, accuracy_m, load
+-- (null: 0 for the room; the kept load stays), actors. Then the reach in km (null: none), the clock (null: the
+-- database's) and one van per station. Returns each van's task with its 1-based position in the arrays:
+-- the task it holds under its key, else the one assigned now; a van that gets nothing has no row.
+--
+-- Per van, as task_dispatch_near said it: only what the van can carry (qty <= capacity - load, when its
+-- capacity is registered); the highest effective priority first (a band); within the band the nearest pickup
+-- station (great-circle; within the reach when set), then the oldest; a worker registered as off shift gets
+-- nothing. bands walks the distinct effective priorities downwards, one descent of tasks_ready_idx each, only
+-- as far as needed; for a band, stations come nearest first from stations_earth_idx (the KNN order of <->:
+-- the chord through the earth, which orders as the great circle does), bounded by the box of the reach, and
+-- each is probed in tasks_ready_station_idx for the band's oldest task: the first found is the answer, and
+-- only it is locked. Tasks whose pickup station is not in the registry go to dispatches without a position,
+-- except while the registry is empty: then this is task_dispatch's order.
+--
+-- One van per station as in task_dispatch (a station held by an assigned task is passed over, the chosen
+-- task's stations are claimed in station order), and more: vans near each other look at the same stations,
+-- so a probe also takes the transaction-level advisory lock of both stations of a task (the try fails
+-- without waiting): a station another dispatch is choosing right now is passed over for the next nearest,
+-- instead of waiting at the claim and running again. Safe here because the probe reads only one station's
+-- band, in index order.
+-- A place on the earth as earthdistance's ll_to_earth makes it (the same cube), without its cast to the earth
+-- domain: ll_to_earth is strict and that cast is not, so PostgreSQL never inlines it and runs it as a SQL
+-- function at every use (some 60 us, measured: a third of a van's dispatch, where a van's point was made
+-- three times and each station looked at made two more). This one is inlined into the expression. The
+-- stations' index stays on ll_to_earth(lat, lon), which dispatch names where the index is to be used.
+CREATE FUNCTION earth_point(lat float8, lon float8) RETURNS cube LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN cube(cube(cube(earth() * cos(radians(lat)) * cos(radians(lon))),
+                 earth() * cos(radians(lat)) * sin(radians(lon))),
+            earth() * sin(radians(lat)));
+
+CREATE FUNCTION task_dispatch_near_many(
+    worker_ids text[], leases integer[], keys text[], lats float8[], lons float8[], accuracies float8[],
+    loads integer[], actors text[], max_km float8, clock timestamptz, one_van boolean
+) RETURNS TABLE (ord integer, task tasks) LANGUAGE plpgsql AS $$
+DECLARE
+    -- One van's values as scalars: parameters of the statement's plan, as the statement's own were.
+    van_worker text;
+    van_lease integer;
+    van_key text;
+    van_point cube;
+    van_load integer;
+    van_actor text;
+    got tasks;
+    -- The reach as a chord through the earth (earthdistance's gc_to_sec), which is what the box is enlarged by
+    -- and what the distance of a station (cube_distance, the chord) is held to: a chord is at most this
+    -- exactly when its great circle is at most the reach. No reach is half the earth's circumference
+    -- (20,038 km; the chord is then the diameter), not a condition left out: one plan for both.
+    reach float8 := 2 * earth() * sin(least(coalesce(max_km, 20038) * 1000 / earth(), pi()) / 2);
+BEGIN
+    -- Every van's position and load are kept, whatever it gets, in one statement in worker order (so that
+    -- two calls naming the same workers lock their rows in one order); a worker named twice keeps its last.
+    INSERT INTO workers (worker_id, lat, lon, accuracy_m, load, position_at)
+    SELECT DISTINCT ON (w.worker_id) w.worker_id, w.lat, w.lon, w.accuracy_m, w.load, coalesce(clock, now())
+    FROM unnest(worker_ids, lats, lons, accuracies, loads) WITH ORDINALITY AS w (worker_id, lat, lon, accuracy_m, load, n)
+    ORDER BY w.worker_id, w.n DESC
+    ON CONFLICT (worker_id) DO UPDATE
+    SET lat = excluded.lat, lon = excluded.lon, accuracy_m = excluded.accuracy_m,
+        load = coalesce(excluded.load, workers.load), position_at = excluded.position_at;
+
+    FOR i IN 1 .. coalesce(cardinality(worker_ids), 0) LOOP
+        van_worker := worker_ids[i];
+        van_lease := leases[i];
+        van_key := keys[i];
+        van_point := earth_point(lats[i], lons[i]);
+        van_load := loads[i];
+        van_actor := actors[i];
+
+        WITH RECURSIVE held AS (
+            SELECT *
+            FROM tasks
+            WHERE van_key IS NOT NULL AND worker_id = van_worker AND dispatch_key = van_key
+              AND status = 'assigned'
+        ),
+        van AS (
+            SELECT (SELECT on_shift FROM workers WHERE worker_id = van_worker) IS NOT FALSE AS on_shift,
+                   (SELECT capacity FROM workers WHERE worker_id = van_worker) - coalesce(van_load, 0) AS room
+        ),
+        bands (effective) AS (
+            (SELECT priority::bigint + aging FROM tasks WHERE status = 'ready'
+             ORDER BY priority::bigint + aging DESC LIMIT 1)
+            UNION ALL
+            SELECT (SELECT priority::bigint + aging FROM tasks
+                    WHERE status = 'ready' AND priority::bigint + aging < b.effective
+                    ORDER BY priority::bigint + aging DESC LIMIT 1)
+            FROM bands b
+            WHERE b.effective IS NOT NULL
+        ),
+        -- The van's point and the reach are variables (parameters of the plan, not columns of a CTE), so
+        -- that the KNN order and the box are conditions of the index scan on stations.
+        nearest AS (
+            SELECT found.id, found.from_station_id, found.to_station_id
+            FROM bands b
+            CROSS JOIN LATERAL (
+                SELECT t.*
+                FROM stations s
+                CROSS JOIN LATERAL (
+                    SELECT t.id, t.from_station_id, t.to_station_id
+                    FROM tasks t
+                    WHERE t.status = 'ready' AND t.from_station_id = s.id
+                      AND t.priority::bigint + t.aging = b.effective
+                      AND t.available_at <= coalesce(clock, now())
+                      AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
+                      AND (NOT EXISTS (
+                          SELECT FROM station_claims c
+                          WHERE c.station_id = ANY (ARRAY[t.to_station_id]) AND c.task_id IS NOT NULL
+                      )) IS TRUE
+                      AND (NOT one_van OR (
+                          pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
+                          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
+                      ))
+                    ORDER BY t.created_at, t.id
+                    LIMIT 1
+                    FOR UPDATE SKIP LOCKED
+                ) t
+                WHERE cube_enlarge(van_point, reach, 3) @> ll_to_earth(s.lat, s.lon)
+                  AND cube_distance(earth_point(s.lat, s.lon), van_point) <= reach
+                  AND (NOT EXISTS (
+                      SELECT FROM station_claims c
+                      WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
+                  )) IS TRUE
+                ORDER BY ll_to_earth(s.lat, s.lon) <-> van_point
+                LIMIT 1
+            ) found
+            WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van) AND NOT EXISTS (SELECT 1 FROM held)
+            LIMIT 1
+        ),
+        -- No registry yet: a position means nothing to go by.
+        unplaced AS (
+            SELECT id, from_station_id, to_station_id
+            FROM tasks
+            WHERE status = 'ready' AND available_at <= coalesce(clock, now())
+              AND NOT EXISTS (SELECT FROM stations)
+              AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
+                  SELECT c.station_id FROM station_claims c
+                  WHERE c.station_id = ANY (ARRAY[from_station_id, to_station_id]) AND c.task_id IS NOT NULL
+              )
+              AND NOT EXISTS (SELECT 1 FROM held)
+              AND (SELECT on_shift FROM van)
+              AND ((SELECT room FROM van) IS NULL OR qty <= (SELECT room FROM van))
+            ORDER BY priority::bigint + aging DESC, created_at, id
+            LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        ),
+        chosen AS (
+            SELECT * FROM nearest
+            UNION ALL
+            SELECT * FROM unplaced
+        ),
+        claimed AS (
+            INSERT INTO station_claims (station_id, task_id, worker_id)
+            SELECT s.station, c.id, van_worker FROM chosen c
+            CROSS JOIN LATERAL (VALUES (c.from_station_id), (c.to_station_id)) s (station)
+            WHERE one_van
+            ORDER BY s.station
+            ON CONFLICT (station_id) DO UPDATE
+            SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
+                               ELSE station_claim_refused(excluded.station_id) END,
+                worker_id = excluded.worker_id
+        ),
+        assigned AS (
+            UPDATE tasks t
+            SET status = 'assigned', worker_id = van_worker, assigned_at = coalesce(clock, now()),
+                lease_id = gen_random_uuid(), lease_seconds = van_lease,
+                lease_expires_at = coalesce(clock, now()) + make_interval(secs => van_lease),
+                dispatch_key = van_key,
+                picked_up_at = NULL
+            WHERE t.id = (SELECT id FROM chosen LIMIT 1)
+            RETURNING t.*
+        ),
+        logged AS (
+            INSERT INTO task_events (task_id, event, worker_id, at, actor)
+            SELECT id, 'assigned', worker_id, assigned_at, van_actor FROM assigned
+        )
+        SELECT * INTO got FROM (SELECT * FROM held UNION ALL SELECT * FROM assigned) a;
+
+        IF FOUND THEN
+            ord := i;
+            task := got;
+            RETURN NEXT;
+        END IF;
+    END LOOP;
+END;
+$$;
