@@ -50,47 +50,60 @@ RETURN cube(cube(cube(earth() * cos(radians(lat)) * cos(radians(lon))),
 CREATE FUNCTION task_dispatch_near_many(
     worker_ids text[], leases integer[], keys text[], lats float8[], lons float8[], accuracies float8[],
     loads integer[], actors text[], max_km float8, clock timestamptz, one_van boolean
-) RETURNS TABLE (ord integer, task tasks) LANGUAGE plpgsql AS $$
+) RETURNS TABLE (ord integer, task tasks) LANGUAGE plpgsql
+-- Generic plans, made once per connection: left to choose, PostgreSQL plans the writes' statement again at
+-- every call (a custom plan looks cheaper for the few rows of a call's arrays than the generic plan's guess
+-- of their number), which cost a lone van a third more than the statement this function replaced. The
+-- van's choice is planned so either way, as task_dispatch_near's statement was (test_queries_plan).
+SET plan_cache_mode = force_generic_plan
+AS $$
 DECLARE
     -- One van's values as scalars: parameters of the statement's plan, as the statement's own were.
     van_worker text;
-    van_lease integer;
     van_key text;
     van_point cube;
     van_load integer;
-    van_actor text;
-    got tasks;
+    choice record;
+    -- The vans' choices so far: the tasks (by van) and, with one van per station, their stations.
+    chosen_ord integer[] := '{}';
+    chosen_id bigint[] := '{}';
+    chosen_from integer[] := '{}';
+    chosen_to integer[] := '{}';
+    taken_stations integer[] := '{}';
+    -- Vans that already hold a task under their Idempotency-Key (only task_dispatch_near passes keys).
+    held_ord integer[] := '{}';
+    held_id bigint[] := '{}';
+    held_task bigint;
     -- The reach as a chord through the earth (earthdistance's gc_to_sec), which is what the box is enlarged by
     -- and what the distance of a station (cube_distance, the chord) is held to: a chord is at most this
     -- exactly when its great circle is at most the reach. No reach is half the earth's circumference
     -- (20,038 km; the chord is then the diameter), not a condition left out: one plan for both.
     reach float8 := 2 * earth() * sin(least(coalesce(max_km, 20038) * 1000 / earth(), pi()) / 2);
 BEGIN
-    -- Every van's position and load are kept, whatever it gets, in one statement in worker order (so that
-    -- two calls naming the same workers lock their rows in one order); a worker named twice keeps its last.
-    INSERT INTO workers (worker_id, lat, lon, accuracy_m, load, position_at)
-    SELECT DISTINCT ON (w.worker_id) w.worker_id, w.lat, w.lon, w.accuracy_m, w.load, coalesce(clock, now())
-    FROM unnest(worker_ids, lats, lons, accuracies, loads) WITH ORDINALITY AS w (worker_id, lat, lon, accuracy_m, load, n)
-    ORDER BY w.worker_id, w.n DESC
-    ON CONFLICT (worker_id) DO UPDATE
-    SET lat = excluded.lat, lon = excluded.lon, accuracy_m = excluded.accuracy_m,
-        load = coalesce(excluded.load, workers.load), position_at = excluded.position_at;
-
+    -- Each van chooses (and locks) its task in turn; the writes for all of them come after, in one statement
+    -- (a statement's fixed cost, its plan's start and the constraints' set-up, is most of the cost of writing
+    -- one row: one van costs two statements, as many vans cost one more than their number). A van's choice
+    -- passes over the tasks chosen before it in the batch (SKIP LOCKED does not skip them: this transaction
+    -- holds their locks) and, with one van per station, their stations, as their claims will: it sees what
+    -- it would see had each van before it written its claims and its assignment.
     FOR i IN 1 .. coalesce(cardinality(worker_ids), 0) LOOP
         van_worker := worker_ids[i];
-        van_lease := leases[i];
         van_key := keys[i];
         van_point := earth_point(lats[i], lons[i]);
         van_load := loads[i];
-        van_actor := actors[i];
 
-        WITH RECURSIVE held AS (
-            SELECT *
+        IF van_key IS NOT NULL THEN
+            SELECT id INTO held_task
             FROM tasks
-            WHERE van_key IS NOT NULL AND worker_id = van_worker AND dispatch_key = van_key
-              AND status = 'assigned'
-        ),
-        van AS (
+            WHERE worker_id = van_worker AND dispatch_key = van_key AND status = 'assigned';
+            IF FOUND THEN
+                held_ord := held_ord || i;
+                held_id := held_id || held_task;
+                CONTINUE;
+            END IF;
+        END IF;
+
+        WITH RECURSIVE van AS (
             SELECT (SELECT on_shift FROM workers WHERE worker_id = van_worker) IS NOT FALSE AS on_shift,
                    (SELECT capacity FROM workers WHERE worker_id = van_worker) - coalesce(van_load, 0) AS room
         ),
@@ -119,6 +132,8 @@ BEGIN
                       AND t.priority::bigint + t.aging = b.effective
                       AND t.available_at <= coalesce(clock, now())
                       AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
+                      AND t.id <> ALL (chosen_id)
+                      AND t.to_station_id <> ALL (taken_stations)
                       AND (NOT EXISTS (
                           SELECT FROM station_claims c
                           WHERE c.station_id = ANY (ARRAY[t.to_station_id]) AND c.task_id IS NOT NULL
@@ -133,6 +148,7 @@ BEGIN
                 ) t
                 WHERE cube_enlarge(van_point, reach, 3) @> ll_to_earth(s.lat, s.lon)
                   AND cube_distance(earth_point(s.lat, s.lon), van_point) <= reach
+                  AND s.id <> ALL (taken_stations)
                   AND (NOT EXISTS (
                       SELECT FROM station_claims c
                       WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
@@ -140,7 +156,7 @@ BEGIN
                 ORDER BY ll_to_earth(s.lat, s.lon) <-> van_point
                 LIMIT 1
             ) found
-            WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van) AND NOT EXISTS (SELECT 1 FROM held)
+            WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van)
             LIMIT 1
         ),
         -- No registry yet: a position means nothing to go by.
@@ -149,54 +165,77 @@ BEGIN
             FROM tasks
             WHERE status = 'ready' AND available_at <= coalesce(clock, now())
               AND NOT EXISTS (SELECT FROM stations)
+              AND id <> ALL (chosen_id)
+              AND NOT ARRAY[from_station_id, to_station_id] && taken_stations
               AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
                   SELECT c.station_id FROM station_claims c
                   WHERE c.station_id = ANY (ARRAY[from_station_id, to_station_id]) AND c.task_id IS NOT NULL
               )
-              AND NOT EXISTS (SELECT 1 FROM held)
               AND (SELECT on_shift FROM van)
               AND ((SELECT room FROM van) IS NULL OR qty <= (SELECT room FROM van))
             ORDER BY priority::bigint + aging DESC, created_at, id
             LIMIT 1
             FOR UPDATE SKIP LOCKED
-        ),
-        chosen AS (
-            SELECT * FROM nearest
-            UNION ALL
-            SELECT * FROM unplaced
-        ),
-        claimed AS (
-            INSERT INTO station_claims (station_id, task_id, worker_id)
-            SELECT s.station, c.id, van_worker FROM chosen c
-            CROSS JOIN LATERAL (VALUES (c.from_station_id), (c.to_station_id)) s (station)
-            WHERE one_van
-            ORDER BY s.station
-            ON CONFLICT (station_id) DO UPDATE
-            SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
-                               ELSE station_claim_refused(excluded.station_id) END,
-                worker_id = excluded.worker_id
-        ),
-        assigned AS (
-            UPDATE tasks t
-            SET status = 'assigned', worker_id = van_worker, assigned_at = coalesce(clock, now()),
-                lease_id = gen_random_uuid(), lease_seconds = van_lease,
-                lease_expires_at = coalesce(clock, now()) + make_interval(secs => van_lease),
-                dispatch_key = van_key,
-                picked_up_at = NULL
-            WHERE t.id = (SELECT id FROM chosen LIMIT 1)
-            RETURNING t.*
-        ),
-        logged AS (
-            INSERT INTO task_events (task_id, event, worker_id, at, actor)
-            SELECT id, 'assigned', worker_id, assigned_at, van_actor FROM assigned
         )
-        SELECT * INTO got FROM (SELECT * FROM held UNION ALL SELECT * FROM assigned) a;
+        SELECT * INTO choice FROM (SELECT * FROM nearest UNION ALL SELECT * FROM unplaced) c LIMIT 1;
 
         IF FOUND THEN
-            ord := i;
-            task := got;
-            RETURN NEXT;
+            chosen_ord := chosen_ord || i;
+            chosen_id := chosen_id || choice.id;
+            chosen_from := chosen_from || choice.from_station_id;
+            chosen_to := chosen_to || choice.to_station_id;
+            IF one_van THEN
+                taken_stations := taken_stations || choice.from_station_id || choice.to_station_id;
+            END IF;
         END IF;
     END LOOP;
+
+    -- Every van's position and load are kept, whatever it got, in worker order (so that two calls naming the
+    -- same workers lock their rows in one order); a worker named twice keeps its last. (The choices read the
+    -- workers' rows as they were: the position changes nothing they read.) The claims of the chosen tasks'
+    -- stations, in station order (so that two claiming transactions never wait for each other in a cycle): a
+    -- station another transaction claimed since this one looked fails the call (station_claim_refused), and
+    -- nothing of it stays.
+    RETURN QUERY
+    WITH located AS (
+        INSERT INTO workers (worker_id, lat, lon, accuracy_m, load, position_at)
+        SELECT DISTINCT ON (w.worker_id) w.worker_id, w.lat, w.lon, w.accuracy_m, w.load, coalesce(clock, now())
+        FROM unnest(worker_ids, lats, lons, accuracies, loads) WITH ORDINALITY
+            AS w (worker_id, lat, lon, accuracy_m, load, n)
+        ORDER BY w.worker_id, w.n DESC
+        ON CONFLICT (worker_id) DO UPDATE
+        SET lat = excluded.lat, lon = excluded.lon, accuracy_m = excluded.accuracy_m,
+            load = coalesce(excluded.load, workers.load), position_at = excluded.position_at
+    ),
+    claimed AS (
+        INSERT INTO station_claims (station_id, task_id, worker_id)
+        SELECT s.station, c.id, worker_ids[c.n]
+        FROM unnest(chosen_id, chosen_ord, chosen_from, chosen_to) AS c (id, n, from_station, to_station)
+        CROSS JOIN LATERAL (VALUES (c.from_station), (c.to_station)) s (station)
+        WHERE one_van
+        ORDER BY s.station
+        ON CONFLICT (station_id) DO UPDATE
+        SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
+                           ELSE station_claim_refused(excluded.station_id) END,
+            worker_id = excluded.worker_id
+    ),
+    assigned AS (
+        UPDATE tasks t
+        SET status = 'assigned', worker_id = worker_ids[c.n], assigned_at = coalesce(clock, now()),
+            lease_id = gen_random_uuid(), lease_seconds = leases[c.n],
+            lease_expires_at = coalesce(clock, now()) + make_interval(secs => leases[c.n]),
+            dispatch_key = keys[c.n],
+            picked_up_at = NULL
+        FROM unnest(chosen_id, chosen_ord) AS c (id, n)
+        WHERE t.id = c.id
+        RETURNING c.n, t
+    ),
+    logged AS (
+        INSERT INTO task_events (task_id, event, worker_id, at, actor)
+        SELECT (a.t).id, 'assigned', (a.t).worker_id, (a.t).assigned_at, actors[a.n] FROM assigned a
+    )
+    SELECT a.n::integer, a.t FROM assigned a
+    UNION ALL
+    SELECT h.n::integer, t FROM unnest(held_ord, held_id) AS h (n, id) JOIN tasks t ON t.id = h.id;
 END;
 $$;
