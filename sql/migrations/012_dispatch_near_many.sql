@@ -2,50 +2,58 @@
 -- task_dispatch_many is for workers without a position: under load, the dispatcher gives the vans that queue
 -- behind its busy statements to one call of this function instead of a statement and a commit each.
 --
--- The best task differs per van, and one SQL statement cannot choose them in turn: all of its parts share
--- one snapshot, and SKIP LOCKED does not skip rows its own transaction locked, so two vans would take the same
--- task. A volatile PL/pgSQL function runs each of its statements in a new snapshot that shows what the
--- earlier ones wrote: the vans are served one at a time, in arrival order, each by the statement below, and
--- each sees the tasks the vans before it took as no longer ready and their stations' claims as held. That
--- holds the one-van-per-station rule within a batch by the claim rows themselves, since this transaction's
--- own advisory locks do not stop it (pg_try_advisory_xact_lock succeeds again for the lock it holds); between
--- batches and single dispatches, the claims and advisory locks work as for one van. No subtransactions (an
--- EXCEPTION block per van): past 64 in one transaction they overflow every backend's snapshot cache. A van
--- that loses a station's claim to a racing dispatch fails the whole call, and the service runs it again.
+-- The best task differs per van, and one set-based statement cannot choose them in turn (each choice depends
+-- on the ones before it; all parts of a statement share one snapshot, and SKIP LOCKED does not skip rows its
+-- own transaction locked, so two vans would take the same task). A PL/pgSQL loop can: the vans choose one at
+-- a time, in arrival order, each passing over the tasks chosen before it in the batch and, with one van per
+-- station, their stations, which is what it would see had the vans before it each run task_dispatch_near and
+-- committed (the claims of a batch are written only after the loop, and this transaction's own advisory
+-- locks do not stop it: pg_try_advisory_xact_lock succeeds again for a lock it holds; so the station rule
+-- within a batch is these arrays). Between batches and single dispatches, the claims and advisory locks work
+-- as for one van. Then one statement writes for all: positions, claims, assignments and their events. No
+-- subtransactions (an EXCEPTION block per van): past 64 in one transaction they overflow every backend's
+-- snapshot cache. A batch that loses a station's claim to a racing dispatch fails whole, and the service runs
+-- it again.
 --
--- This is the one definition of the rule: task_dispatch_near calls it for one van (its plan is the same,
--- its variables being parameters as the statement's were).
+-- This is the one definition of the rule: task_dispatch_near calls it for one van.
 --
 -- Arrays aligned by van: worker ids, lease seconds, Idempotency-Keys (null: none), lat, lon, accuracy_m, load
 -- (null: 0 for the room; the kept load stays), actors. Then the reach in km (null: none), the clock (null: the
 -- database's) and one van per station. Returns each van's task with its 1-based position in the arrays:
 -- the task it holds under its key, else the one assigned now; a van that gets nothing has no row.
 --
--- Per van, as task_dispatch_near said it: only what the van can carry (qty <= capacity - load, when its
--- capacity is registered); the highest effective priority first (a band); within the band the nearest pickup
--- station (great-circle; within the reach when set), then the oldest; a worker registered as off shift gets
--- nothing. bands walks the distinct effective priorities downwards, one descent of tasks_ready_idx each, only
--- as far as needed; for a band, stations come nearest first from stations_earth_idx (the KNN order of <->:
--- the chord through the earth, which orders as the great circle does), bounded by the box of the reach, and
--- each is probed in tasks_ready_station_idx for the band's oldest task: the first found is the answer, and
--- only it is locked. Tasks whose pickup station is not in the registry go to dispatches without a position,
--- except while the registry is empty: then this is task_dispatch's order.
+-- Per van: only what the van can carry (qty <= capacity - load, when its capacity is registered); the highest
+-- effective priority first (a band); within the band the nearest pickup station (great-circle; within the
+-- reach when set), then the oldest; a worker registered as off shift gets nothing. bands walks the distinct
+-- effective priorities downwards, one descent of tasks_ready_idx each, only as far as needed; for a band,
+-- stations come nearest first from stations_point_idx (the KNN order of <->: the chord through the earth,
+-- which orders as the great circle does), bounded by the box of the reach, and each is probed in
+-- tasks_ready_station_idx for the band's oldest task: the first found is the answer, and only it is locked.
+-- Tasks whose pickup station is not in the registry go to dispatches without a position, except while the
+-- registry is empty: then this is task_dispatch's order.
 --
 -- One van per station as in task_dispatch (a station held by an assigned task is passed over, the chosen
--- task's stations are claimed in station order), and more: vans near each other look at the same stations,
+-- tasks' stations are claimed in station order), and more: vans near each other look at the same stations,
 -- so a probe also takes the transaction-level advisory lock of both stations of a task (the try fails
 -- without waiting): a station another dispatch is choosing right now is passed over for the next nearest,
 -- instead of waiting at the claim and running again. Safe here because the probe reads only one station's
 -- band, in index order.
+
 -- A place on the earth as earthdistance's ll_to_earth makes it (the same cube), without its cast to the earth
 -- domain: ll_to_earth is strict and that cast is not, so PostgreSQL never inlines it and runs it as a SQL
--- function at every use (some 60 us, measured: a third of a van's dispatch, where a van's point was made
--- three times and each station looked at made two more). This one is inlined into the expression. The
--- stations' index stays on ll_to_earth(lat, lon), which dispatch names where the index is to be used.
+-- function, parsed and planned again in each statement that evaluates it (some 60 us a time, measured: in
+-- task_dispatch_near's statement, the van's point three times, and for each station looked at its distance
+-- and the KNN order's value, which the scan's output computes even though the index gives the order). This
+-- one is inlined into plain arithmetic (5 us).
 CREATE FUNCTION earth_point(lat float8, lon float8) RETURNS cube LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN cube(cube(cube(earth() * cos(radians(lat)) * cos(radians(lon))),
                  earth() * cos(radians(lat)) * sin(radians(lon))),
             earth() * sin(radians(lat)));
+
+-- The stations nearest first, for dispatch, as stations_earth_idx is for GET /stations (whose queries keep
+-- earthdistance's functions): the index's expression and the query's, both inlined, are the same, so the
+-- box and the KNN order are the index's conditions.
+CREATE INDEX stations_point_idx ON stations USING gist (earth_point(lat, lon));
 
 CREATE FUNCTION task_dispatch_near_many(
     worker_ids text[], leases integer[], keys text[], lats float8[], lons float8[], accuracies float8[],
@@ -146,14 +154,14 @@ BEGIN
                     LIMIT 1
                     FOR UPDATE SKIP LOCKED
                 ) t
-                WHERE cube_enlarge(van_point, reach, 3) @> ll_to_earth(s.lat, s.lon)
+                WHERE cube_enlarge(van_point, reach, 3) @> earth_point(s.lat, s.lon)
                   AND cube_distance(earth_point(s.lat, s.lon), van_point) <= reach
                   AND s.id <> ALL (taken_stations)
                   AND (NOT EXISTS (
                       SELECT FROM station_claims c
                       WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
                   )) IS TRUE
-                ORDER BY ll_to_earth(s.lat, s.lon) <-> van_point
+                ORDER BY earth_point(s.lat, s.lon) <-> van_point
                 LIMIT 1
             ) found
             WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van)

@@ -341,7 +341,7 @@ SELECT * FROM assigned;
 --
 -- The rule and its plan are the function task_dispatch_near_many (migration 012), here for one van, so that
 -- it is written once: the coalesced statement below runs it for many. Through the function, one van costs
--- less than the statement that was here did, not more: it makes the van's point without earthdistance's
+-- less than the statement that was here did, not more: it computes places without earthdistance's
 -- ll_to_earth, which runs as a SQL function at each use (test_queries_plan shows the plan that runs inside).
 SELECT (d.task).*
 FROM task_dispatch_near_many(ARRAY[$1::text], ARRAY[$2::integer], ARRAY[$3::text], ARRAY[$6::float8],
