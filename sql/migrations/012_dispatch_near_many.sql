@@ -82,6 +82,9 @@ DECLARE
     held_ord integer[] := '{}';
     held_id bigint[] := '{}';
     held_task bigint;
+    -- No registry yet: a position means nothing to go by, and the vans take task_dispatch's order. Looked at
+    -- once per call, so that each van's statement holds only the way it takes.
+    no_registry boolean := NOT EXISTS (SELECT FROM stations);
     -- The reach as a chord through the earth (earthdistance's gc_to_sec), which is what the box is enlarged by
     -- and what the distance of a station (cube_distance, the chord) is held to: a chord is at most this
     -- exactly when its great circle is at most the reach. No reach is half the earth's circumference
@@ -111,68 +114,73 @@ BEGIN
             END IF;
         END IF;
 
-        WITH RECURSIVE van AS (
-            SELECT (SELECT on_shift FROM workers WHERE worker_id = van_worker) IS NOT FALSE AS on_shift,
-                   (SELECT capacity FROM workers WHERE worker_id = van_worker) - coalesce(van_load, 0) AS room
-        ),
-        bands (effective) AS (
-            (SELECT priority::bigint + aging FROM tasks WHERE status = 'ready'
-             ORDER BY priority::bigint + aging DESC LIMIT 1)
-            UNION ALL
-            SELECT (SELECT priority::bigint + aging FROM tasks
-                    WHERE status = 'ready' AND priority::bigint + aging < b.effective
-                    ORDER BY priority::bigint + aging DESC LIMIT 1)
-            FROM bands b
-            WHERE b.effective IS NOT NULL
-        ),
-        -- The van's point and the reach are variables (parameters of the plan, not columns of a CTE), so
-        -- that the KNN order and the box are conditions of the index scan on stations.
-        nearest AS (
-            SELECT found.id, found.from_station_id, found.to_station_id
-            FROM bands b
-            CROSS JOIN LATERAL (
-                SELECT t.*
-                FROM stations s
+        IF NOT no_registry THEN
+            WITH RECURSIVE van AS (
+                SELECT (SELECT on_shift FROM workers WHERE worker_id = van_worker) IS NOT FALSE AS on_shift,
+                       (SELECT capacity FROM workers WHERE worker_id = van_worker) - coalesce(van_load, 0) AS room
+            ),
+            bands (effective) AS (
+                (SELECT priority::bigint + aging FROM tasks WHERE status = 'ready'
+                 ORDER BY priority::bigint + aging DESC LIMIT 1)
+                UNION ALL
+                SELECT (SELECT priority::bigint + aging FROM tasks
+                        WHERE status = 'ready' AND priority::bigint + aging < b.effective
+                        ORDER BY priority::bigint + aging DESC LIMIT 1)
+                FROM bands b
+                WHERE b.effective IS NOT NULL
+            ),
+            -- The van's point and the reach are variables (parameters of the plan, not columns of a CTE), so
+            -- that the KNN order and the box are conditions of the index scan on stations.
+            nearest AS (
+                SELECT found.id, found.from_station_id, found.to_station_id
+                FROM bands b
                 CROSS JOIN LATERAL (
-                    SELECT t.id, t.from_station_id, t.to_station_id
-                    FROM tasks t
-                    WHERE t.status = 'ready' AND t.from_station_id = s.id
-                      AND t.priority::bigint + t.aging = b.effective
-                      AND t.available_at <= coalesce(clock, now())
-                      AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
-                      AND t.id <> ALL (chosen_id)
-                      AND t.to_station_id <> ALL (taken_stations)
+                    SELECT t.*
+                    FROM stations s
+                    CROSS JOIN LATERAL (
+                        SELECT t.id, t.from_station_id, t.to_station_id
+                        FROM tasks t
+                        WHERE t.status = 'ready' AND t.from_station_id = s.id
+                          AND t.priority::bigint + t.aging = b.effective
+                          AND t.available_at <= coalesce(clock, now())
+                          AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
+                          AND t.id <> ALL (chosen_id)
+                          AND t.to_station_id <> ALL (taken_stations)
+                          AND (NOT EXISTS (
+                              SELECT FROM station_claims c
+                              WHERE c.station_id = ANY (ARRAY[t.to_station_id]) AND c.task_id IS NOT NULL
+                          )) IS TRUE
+                          AND (NOT one_van OR (
+                              pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
+                              AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
+                          ))
+                        ORDER BY t.created_at, t.id
+                        LIMIT 1
+                        FOR UPDATE SKIP LOCKED
+                    ) t
+                    WHERE cube_enlarge(van_point, reach, 3) @> earth_point(s.lat, s.lon)
+                      AND cube_distance(earth_point(s.lat, s.lon), van_point) <= reach
+                      AND s.id <> ALL (taken_stations)
                       AND (NOT EXISTS (
                           SELECT FROM station_claims c
-                          WHERE c.station_id = ANY (ARRAY[t.to_station_id]) AND c.task_id IS NOT NULL
+                          WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
                       )) IS TRUE
-                      AND (NOT one_van OR (
-                          pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
-                          AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
-                      ))
-                    ORDER BY t.created_at, t.id
+                    ORDER BY earth_point(s.lat, s.lon) <-> van_point
                     LIMIT 1
-                    FOR UPDATE SKIP LOCKED
-                ) t
-                WHERE cube_enlarge(van_point, reach, 3) @> earth_point(s.lat, s.lon)
-                  AND cube_distance(earth_point(s.lat, s.lon), van_point) <= reach
-                  AND s.id <> ALL (taken_stations)
-                  AND (NOT EXISTS (
-                      SELECT FROM station_claims c
-                      WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
-                  )) IS TRUE
-                ORDER BY earth_point(s.lat, s.lon) <-> van_point
+                ) found
+                WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van)
                 LIMIT 1
-            ) found
-            WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van)
-            LIMIT 1
-        ),
-        -- No registry yet: a position means nothing to go by.
-        unplaced AS (
-            SELECT id, from_station_id, to_station_id
+            )
+            SELECT * INTO choice FROM nearest;
+        ELSE
+            -- No registry yet: the oldest of the highest effective priority that the van can take.
+            WITH van AS (
+                SELECT (SELECT on_shift FROM workers WHERE worker_id = van_worker) IS NOT FALSE AS on_shift,
+                       (SELECT capacity FROM workers WHERE worker_id = van_worker) - coalesce(van_load, 0) AS room
+            )
+            SELECT id, from_station_id, to_station_id INTO choice
             FROM tasks
             WHERE status = 'ready' AND available_at <= coalesce(clock, now())
-              AND NOT EXISTS (SELECT FROM stations)
               AND id <> ALL (chosen_id)
               AND NOT ARRAY[from_station_id, to_station_id] && taken_stations
               AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
@@ -183,9 +191,8 @@ BEGIN
               AND ((SELECT room FROM van) IS NULL OR qty <= (SELECT room FROM van))
             ORDER BY priority::bigint + aging DESC, created_at, id
             LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        )
-        SELECT * INTO choice FROM (SELECT * FROM nearest UNION ALL SELECT * FROM unplaced) c LIMIT 1;
+            FOR UPDATE SKIP LOCKED;
+        END IF;
 
         IF FOUND THEN
             chosen_ord := chosen_ord || i;
