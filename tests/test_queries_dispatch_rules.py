@@ -390,3 +390,19 @@ async def test_a_worker_twice_in_a_batch_keeps_its_last_position(stations: async
     assert row is not None
     assert (row["lat"], row["lon"]) == (OAKLAND.lat, OAKLAND.lon)
     assert await stations.fetchval("SELECT count(*) FROM tasks WHERE worker_id = 'twice'") == 2
+
+
+async def test_a_van_asking_again_with_its_key_gets_the_task_it_holds(stations: asyncpg.Pool) -> None:
+    first = await task(stations, 1)
+    await task(stations, 2)
+    got = await queries.task_dispatch_near(stations, "van-1", 60, "key-1", VAN, NOON)
+    assert got is not None
+    assert got.id == first
+    again = await queries.task_dispatch_near(stations, "van-1", 60, "key-1", OAKLAND, NOON)
+    assert again == got
+    assert await stations.fetchval("SELECT count(*) FROM tasks WHERE status = 'assigned'") == 1
+    # Its new position is kept all the same; another key is another request.
+    assert await stations.fetchval("SELECT lat FROM workers WHERE worker_id = 'van-1'") == OAKLAND.lat
+    other = await queries.task_dispatch_near(stations, "van-1", 60, "key-2", VAN, NOON)
+    assert other is not None
+    assert other.id != first
