@@ -61,8 +61,9 @@ CREATE FUNCTION task_dispatch_near_many(
 ) RETURNS TABLE (ord integer, task tasks) LANGUAGE plpgsql
 -- Generic plans, made once per connection: left to choose, PostgreSQL plans the writes' statement again at
 -- every call (a custom plan looks cheaper for the few rows of a call's arrays than the generic plan's guess
--- of their number), which cost a lone van a third more than the statement this function replaced. The
--- van's choice is planned so either way, as task_dispatch_near's statement was (test_queries_plan).
+-- of their number), and a lone van then cost more backend CPU than the statement this function replaced,
+-- not less. The van's choice is planned so either way, as task_dispatch_near's statement was
+-- (test_queries_plan shows that plan).
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
