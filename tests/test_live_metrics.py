@@ -85,6 +85,30 @@ async def test_a_queue_of_dispatches_goes_in_batches(server: LiveServer, pool: a
         assert in_batches + await metric(client, single) - (batches - coalesced) == 10
 
 
+async def test_a_queue_of_vans_goes_in_batches(server: LiveServer, pool: asyncpg.Pool) -> None:
+    """The same with positions: the vans behind the held slots go together in task_dispatch_near_many, and
+    each is served once."""
+    many = 'baywheels_db_statement_duration_seconds_count{query="task_dispatch_near_many"}'
+    async with server.client() as client:
+        await make_tasks(client, 10)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            answers = [
+                asyncio.ensure_future(
+                    client.post(
+                        "/dispatch/next", json={"worker_id": f"w{n}", "lat": 37.78, "lon": -122.4 + n / 100}
+                    )
+                )
+                for n in range(10)
+            ]
+            await wait_for_lock_waiters(pool, 3)
+        responses = await asyncio.gather(*answers)
+        assert [r.status_code for r in responses] == [200] * 10
+        assert sorted(r.json()["worker_id"] for r in responses) == sorted(f"w{n}" for n in range(10))
+        assert len({r.json()["id"] for r in responses}) == 10
+        assert await metric(client, many) >= 1
+
+
 async def test_the_reaper_reports_its_passes_and_what_it_rescued(
     server: LiveServer, pool: asyncpg.Pool
 ) -> None:

@@ -1,6 +1,8 @@
 """Vans with positions over real HTTP, against a real `baywheels serve`: one van per station holds under 64
 concurrent vans that dispatch and complete (checked in SQL afterwards: no station had two vans at once), and
-every task still goes exactly once to 256 concurrent dispatchers that all say where they are."""
+every task still goes exactly once to 256 concurrent dispatchers that all say where they are. In both, the
+vans that queue behind the busy statements are served in batches (task_dispatch_near_many), as /metrics
+shows."""
 
 import asyncio
 import itertools
@@ -11,7 +13,7 @@ import asyncpg
 import pytest
 
 from conftest import LiveServer
-from helpers import RawConnection, assert_assigned_as_told, json_of
+from helpers import RawConnection, assert_assigned_as_told, json_of, metric
 
 # The Bay Area's bounding box, where the stations and the vans are.
 SOUTH, NORTH, WEST, EAST = 37.2, 37.9, -122.55, -121.7
@@ -46,6 +48,10 @@ async def approve_pairs(live_server: LiveServer, pairs: list[tuple[int, int]]) -
         ids = json_of(await client.post("/suggestions", json=items), 201)["ids"]
         tasks = json_of(await client.post("/tasks/approve", json={"suggestion_ids": ids}), 200)["tasks"]
     return [task["id"] for task in tasks]
+
+
+# Statements that served a batch of vans.
+NEAR_MANY = 'baywheels_db_statement_duration_seconds_count{query="task_dispatch_near_many"}'
 
 
 # Stations held by two different vans in one committed state of the database: tasks assigned, by their
@@ -111,6 +117,8 @@ async def test_no_station_has_two_vans_at_once(
         finally:
             for conn in conns:
                 conn.close()
+        async with live_server.client() as client:
+            batches = await metric(client, NEAR_MANY)
     finally:
         assert await asyncio.to_thread(live_server.stop) == 0
     assert sorted(done) == sorted(task_ids)
@@ -123,6 +131,7 @@ async def test_no_station_has_two_vans_at_once(
     )
     assert assigned == len(task_ids)  # each once: nothing released or retried
     assert len(looks) >= 20
+    assert batches > 0
     if one_van:
         assert shared == 0
         assert await pool.fetchval("SELECT count(*) FROM station_claims WHERE task_id IS NOT NULL") == 0
@@ -153,6 +162,8 @@ async def test_256_dispatchers_with_positions_get_every_task_exactly_once(
     finally:
         for conn in conns:
             conn.close()
+    async with live_server.client() as client:
+        assert await metric(client, NEAR_MANY) > 0
     received: list[dict[str, Any]] = []
     for n, answers in enumerate(results):
         *assigned, last = answers

@@ -257,3 +257,152 @@ async def test_a_racing_dispatch_that_saw_the_station_free_fails_whole(stations:
     assert row is not None
     assert dict(row) == {"status": "ready", "worker_id": None}
     assert await stations.fetchval("SELECT count(*) FROM task_events WHERE event = 'assigned'") == 1
+
+
+# Many vans in one statement (task_dispatch_near_many): each van, in arrival order, gets what it would get
+# alone at its turn.
+
+# Vans parked at stations 3 (Oakland) and 4 (Berkeley).
+OAKLAND = Position(lat=STATIONS[3][0], lon=STATIONS[3][1])
+BERKELEY = Position(lat=STATIONS[4][0], lon=STATIONS[4][1])
+
+
+async def near_many(
+    conn: queries.Conn, vans: list[tuple[str, Position]], **options: object
+) -> dict[str, int]:
+    """The task id each van of one batch got, by worker; a van that got nothing is not there."""
+    workers = [worker for worker, _ in vans]
+    got = await queries.task_dispatch_near_many(
+        conn,
+        workers,
+        [60] * len(vans),
+        [at for _, at in vans],
+        NOON,
+        **options,  # type: ignore[arg-type]
+    )
+    return {workers[i]: t.id for i, t in got.items()}
+
+
+async def test_a_batch_gives_each_van_the_best_task_for_it(stations: asyncpg.Pool) -> None:
+    urgent_in_oakland = await task(stations, 3, priority=5)
+    in_berkeley = await task(stations, 4, age=timedelta(minutes=1))
+    near_sf = await task(stations, 1)
+    farther_sf = await task(stations, 2, age=timedelta(minutes=9))
+    got = await near_many(
+        stations, [("sf-1", VAN), ("berkeley", BERKELEY), ("sf-2", VAN), ("oakland", OAKLAND)]
+    )
+    # The first van takes the higher band, however far; then each van the nearest task left at its turn.
+    assert got == {"sf-1": urgent_in_oakland, "berkeley": in_berkeley, "sf-2": near_sf, "oakland": farther_sf}
+    rows = await stations.fetch("SELECT id, status, worker_id, assigned_at FROM tasks ORDER BY id")
+    assert {r["id"]: (r["status"], r["worker_id"], r["assigned_at"]) for r in rows} == {
+        task_id: ("assigned", worker, NOON) for worker, task_id in got.items()
+    }
+
+
+async def test_a_batch_gives_what_the_same_vans_get_one_after_another(stations: asyncpg.Pool) -> None:
+    """Tasks in three bands, of many sizes, at every station; vans of several capacities and loads, one off
+    shift, some with a reach: the batch's answers are those of the vans asking in turn."""
+    for n in range(24):
+        await task(stations, 1 + n % 4, priority=n % 3, qty=1 + n % 7, age=timedelta(minutes=n * 7 % 11))
+    await queries.worker_put(stations, "small", "Small", 3, None, True)
+    await queries.worker_put(stations, "off", "Off", 20, None, False)
+    places = [VAN, OAKLAND, BERKELEY, Position(lat=37.80, lon=-122.30, load=1)]
+    vans = [(("small", "off")[n % 2] if n < 4 else f"van-{n}", places[n % 4]) for n in range(16)]
+    for options in ({}, {"one_van": False}, {"max_km": 5.0}):
+        async with stations.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            one_by_one = {}
+            for worker, at in vans:
+                one_by_one.update(await near_many(conn, [(worker, at)], **options))
+            await transaction.rollback()
+        assert one_by_one, options
+        assert await near_many(stations, vans, **options) == one_by_one, options
+        await stations.execute(
+            "UPDATE tasks SET status = 'ready', worker_id = NULL, lease_id = NULL, lease_expires_at = NULL"
+        )
+
+
+async def test_two_vans_of_a_batch_never_share_a_station(stations: asyncpg.Pool) -> None:
+    first = await task(stations, 1, to_station=2, age=timedelta(minutes=3))
+    second_at_1 = await task(stations, 1, age=timedelta(minutes=2))
+    at_2 = await task(stations, 2, age=timedelta(minutes=1))
+    in_oakland = await task(stations, 3)
+    got = await near_many(stations, [("v1", VAN), ("v2", VAN), ("v3", VAN)])
+    # v1's task holds stations 1 and 2: v2 goes to Oakland, and v3 gets nothing.
+    assert got == {"v1": first, "v2": in_oakland}
+    claims = await stations.fetch(
+        "SELECT station_id, worker_id FROM station_claims WHERE task_id IS NOT NULL"
+    )
+    in_oakland_drop_off = await stations.fetchval("SELECT to_station_id FROM tasks WHERE id = $1", in_oakland)
+    assert sorted(tuple(r) for r in claims) == [(1, "v1"), (2, "v1"), (3, "v2"), (in_oakland_drop_off, "v2")]
+    ready = await stations.fetch("SELECT id FROM tasks WHERE status = 'ready' ORDER BY id")
+    assert [r["id"] for r in ready] == sorted([second_at_1, at_2])
+
+
+async def test_vans_of_a_batch_may_share_a_station_when_told(stations: asyncpg.Pool) -> None:
+    first = await task(stations, 1, to_station=2, age=timedelta(minutes=3))
+    second_at_1 = await task(stations, 1, age=timedelta(minutes=2))
+    got = await near_many(stations, [("v1", VAN), ("v2", VAN)], one_van=False)
+    assert got == {"v1": first, "v2": second_at_1}
+    assert await stations.fetchval("SELECT count(*) FROM station_claims") == 0
+
+
+async def test_a_batch_respects_each_vans_capacity(stations: asyncpg.Pool) -> None:
+    big_near = await task(stations, 1, qty=10)
+    small_far = await task(stations, 3, qty=4)
+    await queries.worker_put(stations, "van-6", "Six", 6, None, True)
+    # Room for 6, 2 on board: the nearer 10-bike move is left for the unregistered van behind it.
+    loaded = Position(lat=VAN.lat, lon=VAN.lon, load=2)
+    got = await near_many(stations, [("van-6", loaded), ("unregistered", VAN)])
+    assert got == {"van-6": small_far, "unregistered": big_near}
+
+
+async def test_an_off_shift_worker_in_a_batch_gets_nothing_while_the_others_do(
+    stations: asyncpg.Pool,
+) -> None:
+    nearest = await task(stations, 1)
+    next_nearest = await task(stations, 2)
+    await queries.worker_put(stations, "off", "Off", 10, None, False)
+    here = Position(lat=37.79, lon=-122.40, accuracy_m=8.0, load=1)
+    got = await queries.task_dispatch_near_many(
+        stations, ["on-1", "off", "on-2"], [60] * 3, [VAN, here, VAN], NOON, actors=["k1", "k2", "k3"]
+    )
+    assert {i: t.id for i, t in got.items()} == {0: nearest, 2: next_nearest}
+    events = await stations.fetch(
+        "SELECT task_id, worker_id, actor FROM task_events WHERE event = 'assigned'"
+    )
+    assert sorted(tuple(r) for r in events) == [(nearest, "on-1", "k1"), (next_nearest, "on-2", "k3")]
+    # Its position is kept all the same, as every van's.
+    row = await stations.fetchrow(
+        "SELECT lat, lon, accuracy_m, load, position_at FROM workers WHERE worker_id = 'off'"
+    )
+    assert row is not None
+    assert dict(row) == {"lat": 37.79, "lon": -122.4, "accuracy_m": 8.0, "load": 1, "position_at": NOON}
+    assert await stations.fetchval("SELECT count(*) FROM workers WHERE position_at = $1", NOON) == 3
+
+
+async def test_a_worker_twice_in_a_batch_keeps_its_last_position(stations: asyncpg.Pool) -> None:
+    await task(stations, 1)
+    await task(stations, 3)
+    await near_many(stations, [("twice", VAN), ("twice", OAKLAND)], one_van=False)
+    row = await stations.fetchrow("SELECT lat, lon FROM workers WHERE worker_id = 'twice'")
+    assert row is not None
+    assert (row["lat"], row["lon"]) == (OAKLAND.lat, OAKLAND.lon)
+    assert await stations.fetchval("SELECT count(*) FROM tasks WHERE worker_id = 'twice'") == 2
+
+
+async def test_a_van_asking_again_with_its_key_gets_the_task_it_holds(stations: asyncpg.Pool) -> None:
+    first = await task(stations, 1)
+    await task(stations, 2)
+    got = await queries.task_dispatch_near(stations, "van-1", 60, "key-1", VAN, NOON)
+    assert got is not None
+    assert got.id == first
+    again = await queries.task_dispatch_near(stations, "van-1", 60, "key-1", OAKLAND, NOON)
+    assert again == got
+    assert await stations.fetchval("SELECT count(*) FROM tasks WHERE status = 'assigned'") == 1
+    # Its new position is kept all the same; another key is another request.
+    assert await stations.fetchval("SELECT lat FROM workers WHERE worker_id = 'van-1'") == OAKLAND.lat
+    other = await queries.task_dispatch_near(stations, "van-1", 60, "key-2", VAN, NOON)
+    assert other is not None
+    assert other.id != first

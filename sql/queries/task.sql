@@ -336,136 +336,29 @@ SELECT * FROM assigned;
 -- its workers row, in this statement). The task: only what the van can carry (qty <= capacity - load, when
 -- its capacity is registered; load $9, else 0); the highest effective priority first (a band); within the
 -- band the nearest pickup station (great-circle; within $10 km when set), then the oldest. $1..$5 as in
--- task_dispatch, $11 one van per station (as there).
+-- task_dispatch, $11 one van per station (as there, and with advisory locks: a station another dispatch is
+-- choosing right now is passed over for the next nearest).
 --
--- bands walks the distinct effective priorities downwards, one descent of tasks_ready_idx each, only as far as
--- needed; for a band, stations come nearest first from stations_earth_idx (the KNN order of <->: the chord
--- through the earth, which orders as the great circle does), bounded by the box of $10 km, and each is probed
--- in tasks_ready_station_idx for the band's oldest task: the first found is the answer, and only it is
--- locked. Tasks whose pickup station is not in the registry go to dispatches without a position, except
--- while the registry is empty: then this is task_dispatch's order.
---
--- One van per station ($11) as in task_dispatch, and more: vans near each other look at the same stations, so
--- a probe also takes the transaction-level advisory lock of both stations of a task (the try fails without
--- waiting): a station another dispatch is choosing right now is passed over for the next nearest, instead
--- of waiting at the claim and running again. Safe here because the probe reads only one station's band, in
--- index order.
-WITH RECURSIVE held AS (
-    SELECT *
-    FROM tasks
-    WHERE $3::text IS NOT NULL AND worker_id = $1 AND dispatch_key = $3::text AND status = 'assigned'
-),
-van AS (
-    SELECT (SELECT on_shift FROM workers WHERE worker_id = $1) IS NOT FALSE AS on_shift,
-           (SELECT capacity FROM workers WHERE worker_id = $1) - coalesce($9::integer, 0) AS room
-),
-bands (effective) AS (
-    (SELECT priority::bigint + aging FROM tasks WHERE status = 'ready' ORDER BY priority::bigint + aging DESC
-     LIMIT 1)
-    UNION ALL
-    SELECT (SELECT priority::bigint + aging FROM tasks
-            WHERE status = 'ready' AND priority::bigint + aging < b.effective
-            ORDER BY priority::bigint + aging DESC LIMIT 1)
-    FROM bands b
-    WHERE b.effective IS NOT NULL
-),
--- The van's position and reach appear as expressions of the parameters (not columns of a CTE), so that the
--- KNN order and the box are conditions of the index scan on stations. No reach is half the earth's
--- circumference (20,038 km), not a condition left out: one plan for both, so it is planned once.
-nearest AS (
-    SELECT found.id, found.from_station_id, found.to_station_id
-    FROM bands b
-    CROSS JOIN LATERAL (
-        SELECT t.*
-        FROM stations s
-        CROSS JOIN LATERAL (
-            SELECT t.id, t.from_station_id, t.to_station_id
-            FROM tasks t
-            WHERE t.status = 'ready' AND t.from_station_id = s.id AND t.priority::bigint + t.aging = b.effective
-              AND t.available_at <= coalesce($4::timestamptz, now())
-              AND ((SELECT room FROM van) IS NULL OR t.qty <= (SELECT room FROM van))
-              AND (NOT EXISTS (
-                  SELECT FROM station_claims c
-                  WHERE c.station_id = ANY (ARRAY[t.to_station_id]) AND c.task_id IS NOT NULL
-              )) IS TRUE
-              AND (NOT $11::boolean OR (
-                  pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.from_station_id)
-                  AND pg_try_advisory_xact_lock(hashtext('baywheels.station'), t.to_station_id)
-              ))
-            ORDER BY t.created_at, t.id
-            LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        ) t
-        WHERE earth_box(ll_to_earth($6::float8, $7::float8), coalesce($10::float8, 20038) * 1000)
-                  @> ll_to_earth(s.lat, s.lon)
-          AND earth_distance(ll_to_earth($6::float8, $7::float8), ll_to_earth(s.lat, s.lon))
-              <= coalesce($10::float8, 20038) * 1000
-          AND (NOT EXISTS (
-              SELECT FROM station_claims c WHERE c.station_id = ANY (ARRAY[s.id]) AND c.task_id IS NOT NULL
-          )) IS TRUE
-        ORDER BY ll_to_earth(s.lat, s.lon) <-> ll_to_earth($6::float8, $7::float8)
-        LIMIT 1
-    ) found
-    WHERE b.effective IS NOT NULL AND (SELECT on_shift FROM van) AND NOT EXISTS (SELECT 1 FROM held)
-    LIMIT 1
-),
--- No registry yet: a position means nothing to go by.
-unplaced AS (
-    SELECT id, from_station_id, to_station_id
-    FROM tasks
-    WHERE status = 'ready' AND available_at <= coalesce($4::timestamptz, now())
-      AND NOT EXISTS (SELECT FROM stations)
-      AND NOT ARRAY[from_station_id, to_station_id] && ARRAY(
-          SELECT c.station_id FROM station_claims c
-          WHERE c.station_id = ANY (ARRAY[from_station_id, to_station_id]) AND c.task_id IS NOT NULL
-      )
-      AND NOT EXISTS (SELECT 1 FROM held)
-      AND (SELECT on_shift FROM van)
-      AND ((SELECT room FROM van) IS NULL OR qty <= (SELECT room FROM van))
-    ORDER BY priority::bigint + aging DESC, created_at, id
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED
-),
-chosen AS (
-    SELECT * FROM nearest
-    UNION ALL
-    SELECT * FROM unplaced
-),
-claimed AS (
-    INSERT INTO station_claims (station_id, task_id, worker_id)
-    SELECT s.station, c.id, $1 FROM chosen c
-    CROSS JOIN LATERAL (VALUES (c.from_station_id), (c.to_station_id)) s (station)
-    WHERE $11::boolean
-    ORDER BY s.station
-    ON CONFLICT (station_id) DO UPDATE
-    SET task_id = CASE WHEN station_claims.task_id IS NULL THEN excluded.task_id
-                       ELSE station_claim_refused(excluded.station_id) END,
-        worker_id = excluded.worker_id
-),
-located AS (
-    INSERT INTO workers (worker_id, lat, lon, accuracy_m, load, position_at)
-    VALUES ($1, $6::float8, $7::float8, $8::float8, $9::integer, coalesce($4::timestamptz, now()))
-    ON CONFLICT (worker_id) DO UPDATE
-    SET lat = excluded.lat, lon = excluded.lon, accuracy_m = excluded.accuracy_m,
-        load = coalesce(excluded.load, workers.load), position_at = excluded.position_at
-),
-assigned AS (
-    UPDATE tasks t
-    SET status = 'assigned', worker_id = $1, assigned_at = coalesce($4::timestamptz, now()),
-        lease_id = gen_random_uuid(), lease_seconds = $2::integer,
-        lease_expires_at = coalesce($4::timestamptz, now()) + make_interval(secs => $2::integer),
-        dispatch_key = $3::text,
-        picked_up_at = NULL
-    WHERE t.id = (SELECT id FROM chosen LIMIT 1)
-    RETURNING t.*
-),
-logged AS (
-    INSERT INTO task_events (task_id, event, worker_id, at, actor)
-    SELECT id, 'assigned', worker_id, assigned_at, $5::text FROM assigned
-)
-SELECT * FROM held
-UNION ALL
-SELECT * FROM assigned;
+-- The rule and its plan are the function task_dispatch_near_many (migration 012), here for one van, so that
+-- it is written once: the coalesced statement below runs it for many. Through the function, one van costs
+-- less than the statement that was here did, not more: it computes places without earthdistance's
+-- ll_to_earth, which runs as a SQL function at each use (test_queries_plan shows the plan that runs inside).
+SELECT (d.task).*
+FROM task_dispatch_near_many(ARRAY[$1::text], ARRAY[$2::integer], ARRAY[$3::text], ARRAY[$6::float8],
+                             ARRAY[$7::float8], ARRAY[$8::float8], ARRAY[$9::integer], ARRAY[$5::text],
+                             $10::float8, $4::timestamptz, $11::boolean) d;
+
+-- name: task_dispatch_near_many :many
+-- Coalesced dispatch for vans that say where they are: each van, in arrival order, gets the best task for it
+-- by task_dispatch_near's rule, and one commit serves them all. The rule is the function
+-- task_dispatch_near_many (migration 012: a PL/pgSQL loop, since each van must see what the vans before it
+-- took). $1 worker ids, $2 lease seconds, $3 Idempotency-Keys, $4 lat, $5 lon, $6 accuracy_m, $7 load, $8
+-- actors (aligned by van); $9 reach in km, $10 clock, $11 one van per station. Returns each task with the
+-- 1-based position (ord) of the van it went to; a van that gets nothing has no row.
+SELECT d.ord, (d.task).*
+FROM task_dispatch_near_many($1::text[], $2::integer[], $3::text[], $4::float8[], $5::float8[],
+                             $6::float8[], $7::integer[], $8::text[], $9::float8, $10::timestamptz,
+                             $11::boolean) d;
 
 -- name: task_event_list :many
 -- The history of one task, oldest first.

@@ -10,11 +10,15 @@ statement slot is free, runs that statement in its own task, with no waiter at a
 this instance or any other; then the oldest sleepers are tried first, one batch at a time, and only while
 batches keep filling up, so one new task costs one statement, not one per sleeper.
 
-A request with a position (a van saying where it is) runs its own ``task_dispatch_near`` statement: the best
-task differs per van, and two vans' choices cannot share one statement's locks (SKIP LOCKED does not skip the
-rows its own statement locked). With one van per station, a statement that lost a race for a station's claim
-(``queries.station_taken``) is run again. The workers of a batch that left some without a task while others
-got one (tasks of the batch sharing a station, or the last ready tasks) look again at once rather than sleep.
+A request with a position (a van saying where it is) takes the same way, with statements of its own kind: a
+lone one runs ``task_dispatch_near``, and the vans queued together go in ONE ``task_dispatch_near_many``,
+which serves them one after another in arrival order, each the best task for it, inside one function call and
+one commit (the best task differs per van, so one set-based choice cannot serve them: migration 012 says
+why). A batch holds requests of one kind: without a position, or with one; a keyed request runs alone.
+With one van per station, a statement that lost a race for a station's claim (``queries.station_taken``) is
+run again. The workers of a batch without positions that left some without a task while others got one
+(tasks of the batch sharing a station, or the last ready tasks) look again at once rather than sleep; a van
+of a batch that got nothing would have got nothing alone at its turn, and is answered as such.
 """
 
 import asyncio
@@ -71,9 +75,8 @@ class Dispatcher:
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._draining = False
-        self._near_slots = asyncio.Semaphore(2 * settings.dispatch_concurrency)
         # The inline statements' connections, kept between them (as many as may run at once).
-        self._kept = KeptConnections(pool, 3 * settings.dispatch_concurrency)
+        self._kept = KeptConnections(pool, settings.dispatch_concurrency)
 
     # Lifecycle
 
@@ -117,14 +120,14 @@ class Dispatcher:
     ) -> Task | None:
         """The task assigned to this worker, or None when none was ready within ``wait_seconds``. ``actor``
         is recorded with the assignment; ``near``, the van's position, makes it the best task for the van."""
-        if wait_seconds <= 0 and key is None and not self._closing:
-            if near is not None:
-                # A van with a position has nothing to coalesce with: its statement runs as soon as one of
-                # the slots for them is free (twice DISPATCH_CONCURRENCY, beside the batches' slots).
-                async with self._near_slots:
-                    return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
-            if not self._queue and self._inflight < self._settings.dispatch_concurrency:
-                return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
+        if (
+            wait_seconds <= 0
+            and key is None
+            and not self._closing
+            and not self._queue
+            and self._inflight < self._settings.dispatch_concurrency
+        ):
+            return await self._dispatch_inline(worker_id, lease_seconds, actor, near)
         loop = asyncio.get_running_loop()
         waiter = Waiter(
             worker_id,
@@ -194,19 +197,27 @@ class Dispatcher:
 
     def _pump(self) -> None:
         while self._queue and self._inflight < self._settings.dispatch_concurrency and not self._closing:
-            batch = [self._queue.popleft()]
-            # A keyed request runs alone: task_dispatch honours its Idempotency-Key. So does a van with a
-            # position: its best task is its own.
-            if batch[0].key is None and batch[0].near is None:
-                while (
-                    self._queue
-                    and len(batch) < self._settings.dispatch_batch_max
-                    and self._queue[0].key is None
-                    and self._queue[0].near is None
-                ):
-                    batch.append(self._queue.popleft())
+            batch = self._take()
             self._inflight += 1
             self._spawn(self._run(batch))
+
+    def _take(self) -> list[Waiter]:
+        """The oldest waiter and, unless it has an Idempotency-Key (task_dispatch honours it alone), the
+        queued waiters of its kind (with a position, or without), oldest first: those of the other kind keep
+        their places, so a mixed queue still makes full batches."""
+        head = self._queue.popleft()
+        if head.key is not None:
+            return [head]
+        batch, skipped = [head], []
+        near = head.near is not None
+        while self._queue and len(batch) < self._settings.dispatch_batch_max:
+            waiter = self._queue.popleft()
+            if waiter.key is None and (waiter.near is not None) == near:
+                batch.append(waiter)
+            else:
+                skipped.append(waiter)
+        self._queue.extendleft(reversed(skipped))
+        return batch
 
     async def _dispatch_inline(
         self, worker_id: str, lease_seconds: int, actor: str | None, near: Position | None
@@ -261,8 +272,9 @@ class Dispatcher:
         self._inflight -= 1
         now = asyncio.get_running_loop().time()
         again: list[Waiter] = []
-        # Tasks of a batch that share a station go one per statement: those left out are still ready.
-        split = 0 < len(results) < len(batch)
+        # Tasks of a batch that share a station go one per statement: those left out are still ready. Not so
+        # for vans: each was given the best task left for it at its turn.
+        split = 0 < len(results) < len(batch) and batch[0].near is None
         for index, waiter in enumerate(batch):
             task = results.get(index)
             if waiter.abandoned or waiter.future.done():
@@ -287,6 +299,19 @@ class Dispatcher:
 
     async def _dispatch(self, batch: list[Waiter]) -> dict[int, Task]:
         DISPATCH_BATCH.observe(len(batch))
+        if len(batch) > 1 and batch[0].near is not None:
+            near = await self._claiming(
+                lambda: queries.task_dispatch_near_many(
+                    self._pool,
+                    [w.worker_id for w in batch],
+                    [w.lease_seconds for w in batch],
+                    [w.near for w in batch if w.near is not None],
+                    actors=[w.actor for w in batch],
+                    max_km=self._settings.dispatch_max_km,
+                    one_van=self._settings.one_van_per_station,
+                )
+            )
+            return near or {}
         if len(batch) > 1:
             many = await self._claiming(
                 lambda: queries.task_dispatch_many(

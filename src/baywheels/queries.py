@@ -552,6 +552,38 @@ async def task_dispatch_near(
     return _task_or_none(row)
 
 
+async def task_dispatch_near_many(
+    conn: Conn,
+    worker_ids: Sequence[str],
+    lease_seconds: Sequence[int],
+    at: Sequence[Position],
+    now: datetime | None = None,
+    *,
+    keys: Sequence[str | None] | None = None,
+    actors: Sequence[str | None] | None = None,
+    max_km: float | None = None,
+    one_van: bool = True,
+) -> dict[int, Task]:
+    """For each van at ``at`` (aligned with the workers, each kept as its last position), the best task for
+    it, by the 0-based index of the van; ``keys`` and ``actors`` aligned with the workers."""
+    nones: list[None] = [None] * len(worker_ids)
+    rows = await conn.fetch(
+        _TASK_DISPATCH_NEAR_MANY,
+        worker_ids,
+        lease_seconds,
+        nones if keys is None else keys,
+        [p.lat for p in at],
+        [p.lon for p in at],
+        [p.accuracy_m for p in at],
+        [p.load for p in at],
+        nones if actors is None else actors,
+        max_km,
+        now,
+        one_van,
+    )
+    return {row["ord"] - 1: _task(row) for row in rows}
+
+
 async def task_event_list(conn: Conn, task_id: int) -> list[TaskEvent]:
     return [TaskEvent(**dict(row)) for row in await conn.fetch(_TASK_EVENT_LIST, task_id)]
 
@@ -859,6 +891,7 @@ _TASK_DISPATCH = _query_text("task_dispatch", "one")
 _TASK_DISPATCH_KEY_LOCK = _query_text("task_dispatch_key_lock", "exec")
 _TASK_DISPATCH_MANY = _query_text("task_dispatch_many", "many")
 _TASK_DISPATCH_NEAR = _query_text("task_dispatch_near", "one")
+_TASK_DISPATCH_NEAR_MANY = _query_text("task_dispatch_near_many", "many")
 _TASK_EVENT_LIST = _query_text("task_event_list", "many")
 _TASK_EVENT_AFTER = _query_text("task_event_after", "many")
 _TASK_EVENT_LAST_ID = _query_text("task_event_last_id", "one")
