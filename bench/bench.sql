@@ -114,8 +114,9 @@ FROM generate_series(1, $1::bigint) AS g,
      LATERAL (SELECT now() - make_interval(secs => $2 * 86400.0 * ($1 - g) / $1) AS f) AS finished;
 
 -- name: bench_history_left :one
--- Finished tasks older than $1 days, and events of tasks that no longer exist: both 0 after a clean sweep.
-SELECT (SELECT count(*) FROM tasks WHERE finished_at < now() - make_interval(days => $1)) AS old_tasks,
+-- Finished tasks older than $1 days at $2 (the sweep's clock), and events of tasks that no longer exist: both 0
+-- after a clean sweep.
+SELECT (SELECT count(*) FROM tasks WHERE finished_at < $2::timestamptz - make_interval(days => $1)) AS old_tasks,
        (SELECT count(*) FROM task_events e WHERE NOT EXISTS (SELECT FROM tasks t WHERE t.id = e.task_id))
            AS orphan_events;
 
@@ -129,6 +130,9 @@ VACUUM ANALYZE tasks, task_events;
 -- name: bench_listeners :one
 -- Service processes up: each worker's dispatcher holds one connection whose only statement was its LISTEN.
 SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %';
+
+-- name: bench_now :one
+SELECT now();
 
 -- name: bench_peer_connections :one
 -- The minimal app's connections (bench/peer.py names them): each worker opens its pool's first ones at start.
