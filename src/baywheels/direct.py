@@ -140,9 +140,8 @@ async def _whole_body(cycle: RequestResponseCycle, scope: Scope, direct: Direct)
         if cycle.disconnected or BODY_TIMED_OUT in scope or len(cycle.body) > direct.body_limit:
             return False
         if cycle.waiting_for_100_continue and not cycle.transport.is_closing():
-            cycle.transport.write(
-                b"HTTP/1.1 100 Continue\r\n\r\n"
-            )  # the client waits for it to send its body
+            # As uvicorn's receive(): the client waits for this to send its body.
+            cycle.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             cycle.waiting_for_100_continue = False
         cycle.flow.resume_reading()
         await cycle.message_event.wait()
@@ -178,15 +177,17 @@ async def _answer(
     head = [STATUS_LINE[status]]
     for name, value in cycle.default_headers:  # the Date header
         head += (name, b": ", value, b"\r\n")
+    said_close = False
     if headers:
         for name, value in headers:
             head += (name, b": ", value, b"\r\n")
             if name == b"connection" and b"close" in value.lower():
                 cycle.keep_alive = False
+                said_close = True
     else:
         head += (_JSON, b"content-length: ", str(len(content)).encode(), b"\r\n")
     head += (b"x-request-id: ", request_id.encode(), b"\r\n")
-    if not cycle.keep_alive and b"connection: " not in head:
+    if not cycle.keep_alive and not said_close:
         head.append(b"connection: close\r\n")  # the server is shutting down, or the client asked
     head += (b"\r\n", content)
     cycle.response_started = cycle.response_complete = True
