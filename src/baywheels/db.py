@@ -159,15 +159,24 @@ class _Acquire(PoolAcquireContext):
 
     async def __aexit__(self, *exc_info: object) -> None:
         exc = exc_info[1] if exc_info else None
-        lost = isinstance(exc, _ON_LOST_CONNECTION) and _lost(self.connection)
-        # asyncpg's own __aexit__, inlined: a release costs what it did, bar the isinstance above.
+        loss = None if exc is None else _loss(exc, self.connection)
+        # asyncpg's own __aexit__, inlined: a release costs what it did, bar the check above.
         self.done = True
         conn, self.connection = self.connection, None
         assert conn is not None
         await self.pool.release(conn)
-        if lost and isinstance(exc, Exception):
-            kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
-            raise kind(str(exc)) from exc
+        if loss is not None:
+            raise loss from cast(BaseException, exc)
+
+
+def _loss(exc: object, conn: PoolConnectionProxy | None) -> ConnectionLost | None:
+    """An error on a connection the server closed, named for what it is: StatementNotSent when asyncpg
+    refused the statement before writing it (safe to run again), else ConnectionLost. Asked before the
+    connection is released (asyncpg detaches it then)."""
+    if not (isinstance(exc, _ON_LOST_CONNECTION) and _lost(conn)):
+        return None
+    kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
+    return kind(str(exc))
 
 
 class Pool(asyncpg.Pool):
@@ -287,11 +296,10 @@ class KeptConnections:
         try:
             result = await statement(conn)
         except BaseException as exc:
-            lost = isinstance(exc, _ON_LOST_CONNECTION) and _lost(conn)
+            loss = _loss(exc, conn)
             await self._pool.release(conn)
-            if lost and isinstance(exc, Exception):
-                kind = StatementNotSent if str(exc).startswith(_REFUSED_UNSENT) else ConnectionLost
-                raise kind(str(exc)) from exc
+            if loss is not None:
+                raise loss from exc
             raise
         if len(self._idle) < self._size and not self._closed:
             self._idle.append(conn)

@@ -59,13 +59,11 @@ class ClientGone(Exception):
     roles=("worker", "admin"),
 )
 async def dispatch_next(request: Request, body: DispatchRequest) -> Response:
+    state, caller, key_given = app_state(request), principal(request), header(request.scope, KEY)
     if body.wait_seconds <= 0:
         # The direct path (direct.py) serves the same request without the ASGI app, through next_task.
-        assigned = await next_task(app_state(request), principal(request), body, header(request.scope, KEY))
-        return MsgspecResponse(assigned)
-    state = app_state(request)
-    caller = principal(request)
-    worker_id, key = _asked(caller, body, header(request.scope, KEY))
+        return MsgspecResponse(await next_task(state, caller, body, key_given))
+    worker_id, key = _asked(caller, body, key_given)
     # An off-shift worker would only sleep until its wait ran out.
     if await queries.worker_off_shift(state.pool, worker_id):
         raise NotFound(_off_shift(worker_id))
