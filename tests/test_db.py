@@ -154,6 +154,34 @@ async def test_a_kept_connection_goes_back_to_the_pool_after_an_error(pool: asyn
     await asyncio.wait_for(pool.close(), 10)
 
 
+async def test_a_kept_connection_already_handed_back_is_passed_over_after_a_refusal(
+    pool: asyncpg.Pool,
+) -> None:
+    """A restart: one kept connection refuses the statement unsent, another was closed and handed back to the
+    pool by asyncpg meanwhile. Neither is an error for the caller (closing the second again was a 500)."""
+    kept = db.KeptConnections(pool, 2)
+    started, go = asyncio.Event(), asyncio.Event()
+
+    async def busy(conn: Any) -> int:
+        started.set()
+        await go.wait()
+        return int(await conn.fetchval("SELECT pg_backend_pid()"))
+
+    first = asyncio.create_task(kept.run(busy))
+    await started.wait()
+    started.clear()
+    second = asyncio.create_task(kept.run(busy))
+    await started.wait()
+    go.set()
+    await asyncio.gather(first, second)
+    handed_back, refusing = kept._idle  # the last is used first
+    handed_back._con.terminate()  # type: ignore[attr-defined]
+    assert closed(handed_back)
+    receive_fatal_while_idle(refusing)
+    assert await kept.run(lambda conn: conn.fetchval("SELECT 1")) == 1
+    await kept.close()
+
+
 async def test_only_database_and_connection_errors_are_unavailable() -> None:
     """An OSError while connecting is the database being unreachable (a 503); any other is our fault."""
     with socket.socket() as unused:

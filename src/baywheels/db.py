@@ -281,7 +281,11 @@ class KeptConnections:
             # on their next use), and the statement runs on a connection from the pool.
             idle, self._idle = self._idle, []
             for conn in idle:
-                conn.terminate()
+                if _lost(conn):
+                    # Already closed: the pool drops it (asyncpg may even have handed it back already).
+                    await self._pool.release(conn)
+                else:
+                    conn.terminate()
             return await self._run(statement)
 
     async def _run(self, statement: Callable[[PoolConnectionProxy], Awaitable[T]]) -> T:
